@@ -1,0 +1,761 @@
+#!/usr/bin/env node
+// End-to-end browser tests for peerjsd: the published peerjs 1.5.5 client in
+// headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core)
+// against a real signaling server process started here.
+//
+// Prints one line per check on stdout: "ok - <name>" or "not ok - <name>: <reason>"
+// (skips: "ok - <name> # SKIP <why>"), then one summary line
+// "e2e: N passed, N failed, N skipped". Exit code 1 if any check failed.
+// Diagnostics (timings, server logs of failing groups) go to stderr.
+//
+// Env:
+//   E2E_SERVER=peerjsd|reference  which server (default peerjsd)
+//   PEERJSD_BIN                   peerjsd binary (default ../target/release/peerjsd)
+//   CHROMIUM_BIN                  browser (default /usr/bin/chromium)
+//   E2E_ONLY=substring            run only checks whose name contains it
+//   E2E_VERBOSE=1                 echo server output and browser console to stderr
+
+import { spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { isDeepStrictEqual } from "node:util";
+import { randomBytes } from "node:crypto";
+import { chromium } from "playwright-core";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SERVER_KIND = process.env.E2E_SERVER || "peerjsd";
+const VERBOSE = process.env.E2E_VERBOSE === "1";
+const ONLY = process.env.E2E_ONLY || "";
+const CHROMIUM_BIN = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+const PEERJSD_BIN = path.resolve(HERE, process.env.PEERJSD_BIN || "../target/release/peerjsd");
+const REFERENCE_CLI = path.join(HERE, "node_modules/peer/dist/bin/peerjs.js");
+const RUN = randomBytes(3).toString("hex"); // makes ids unique per run
+const SERVER_PATH = "/myapp"; // a non-root path, so path handling is exercised too
+
+// Headless Chromium, offline WebRTC and a fake camera. See README.md for why each is here.
+const CHROMIUM_ARGS_ALL = [
+  "--headless=new",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--allow-loopback-in-peer-connection",
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+];
+// Debugging aid: E2E_CHROMIUM_DROP="--flag,--other" leaves flags out to see what breaks.
+const DROP = (process.env.E2E_CHROMIUM_DROP || "").split(",").filter(Boolean);
+const CHROMIUM_ARGS = CHROMIUM_ARGS_ALL.filter((a) => !DROP.includes(a));
+
+// ---------------------------------------------------------------- utilities
+
+function log(...a) {
+  process.stderr.write(a.join(" ") + "\n");
+}
+
+function oneLine(s) {
+  return String(s).replace(/\s+/g, " ").trim().slice(0, 600);
+}
+
+class CheckFailure extends Error {}
+
+function assert(cond, msg) {
+  if (!cond) throw new CheckFailure(msg);
+}
+
+function assertEq(actual, expected, what) {
+  if (!isDeepStrictEqual(actual, expected)) {
+    throw new CheckFailure(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, rej) => {
+      timer = setTimeout(() => rej(new CheckFailure(`${what}: no result within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function httpGet(url, timeoutMs = 1000) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { timeout: timeoutMs }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (c) => (body += c));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body }));
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+  });
+}
+
+// ------------------------------------------------------- static page server
+
+const STATIC = {
+  "/": [path.join(HERE, "pages/index.html"), "text/html; charset=utf-8"],
+  "/harness.js": [path.join(HERE, "pages/harness.js"), "text/javascript; charset=utf-8"],
+  "/peerjs.min.js": [path.join(HERE, "node_modules/peerjs/dist/peerjs.min.js"), "text/javascript; charset=utf-8"],
+  "/peerjs.min.js.map": [path.join(HERE, "node_modules/peerjs/dist/peerjs.min.js.map"), "application/json"],
+};
+
+async function startStaticServer() {
+  for (const [file] of Object.values(STATIC)) {
+    if (!existsSync(file)) throw new Error(`missing ${file} (run "npm ci" in e2e/)`);
+  }
+  const server = http.createServer((req, res) => {
+    const entry = STATIC[new URL(req.url, "http://x").pathname];
+    if (!entry) {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found");
+      return;
+    }
+    res.writeHead(200, { "content-type": entry[1], "cache-control": "no-store" });
+    res.end(readFileSync(entry[0]));
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { server, url: `http://127.0.0.1:${server.address().port}/` };
+}
+
+// ---------------------------------------------------- signaling server child
+
+// opts: {key, rooms, maxRoomPeers}
+async function startSignalingServer(opts = {}) {
+  const port = await freePort();
+  const key = opts.key || "peerjs";
+  let cmd;
+  let args;
+  let readyUrl;
+  if (SERVER_KIND === "reference") {
+    cmd = process.execPath;
+    args = [REFERENCE_CLI, "--host", "127.0.0.1", "--port", String(port), "--path", SERVER_PATH, "--key", key,
+      "--alive_timeout", "60000", "--expire_timeout", "5000"];
+    readyUrl = `http://127.0.0.1:${port}${SERVER_PATH}`;
+  } else {
+    cmd = PEERJSD_BIN;
+    args = ["--host", "127.0.0.1", "--port", String(port), "--path", SERVER_PATH, "--key", key,
+      "--alive-timeout", "60000", "--expire-timeout", "5000"];
+    if (opts.rooms) args.push("--rooms", opts.rooms);
+    if (opts.maxRoomPeers) args.push("--max-room-peers", String(opts.maxRoomPeers));
+    readyUrl = `http://127.0.0.1:${port}/health`;
+  }
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" } });
+  const output = [];
+  let exited = null;
+  const onData = (stream) => (chunk) => {
+    for (const line of chunk.toString().split("\n")) {
+      if (!line) continue;
+      output.push(`[${stream}] ${line}`);
+      if (output.length > 400) output.shift();
+      if (VERBOSE) log(`  server ${stream}: ${line}`);
+    }
+  };
+  child.stdout.on("data", onData("out"));
+  child.stderr.on("data", onData("err"));
+  const exitPromise = new Promise((resolve) => child.on("exit", (code, sig) => {
+    exited = { code, sig };
+    resolve(exited);
+  }));
+  child.on("error", (e) => output.push(`[spawn] ${e.message}`));
+
+  const desc = `${path.basename(cmd)} ${args.join(" ")}`;
+  const deadline = Date.now() + 15000;
+  let last = "";
+  for (;;) {
+    if (exited) throw new Error(`server exited (${JSON.stringify(exited)}) before it was ready: ${desc}; output: ${oneLine(output.slice(-5).join(" | "))}`);
+    try {
+      const r = await httpGet(readyUrl, 500);
+      if (r.status === 200) break;
+      last = `status ${r.status}`;
+    } catch (e) {
+      last = e.message;
+    }
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`server not ready after 15 s (${readyUrl}: ${last}): ${desc}`);
+    }
+    await new Promise((r) => setTimeout(r, 50)); // readiness poll interval
+  }
+  if (VERBOSE) log(`  started ${desc}`);
+
+  return {
+    port,
+    key,
+    desc,
+    output,
+    async stop() {
+      if (exited) return;
+      child.kill("SIGTERM");
+      // peerjs-server 1.0.2 does not exit on SIGTERM while sockets are open; do not wait long.
+      const t = setTimeout(() => child.kill("SIGKILL"), 3000);
+      await exitPromise;
+      clearTimeout(t);
+    },
+  };
+}
+
+// ------------------------------------------------------------------ browser
+
+let browser;
+let pageUrl;
+
+// The browser process we spawned (the /usr/bin/chromium wrapper execs it): our child
+// whose command line names chromium. Returns its argv, or null if not found.
+function chromiumArgv() {
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid !== process.pid) continue;
+      const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
+      if (argv.some((a) => a.startsWith("--remote-debugging-pipe"))) return argv;
+    } catch {
+      /* process went away */
+    }
+  }
+  return null;
+}
+
+// Chromium keeps only the LAST --disable-features switch. Playwright passes its own list
+// first, so ours would silently drop it. Launch, read the real command line back, and if
+// there is more than one --disable-features, relaunch with a single merged one.
+async function launchBrowser() {
+  const launch = (args, ignoreDefaultArgs) =>
+    chromium.launch({ executablePath: CHROMIUM_BIN, headless: true, args, ignoreDefaultArgs, timeout: 60000 });
+  let b = await launch(CHROMIUM_ARGS);
+  const argv = chromiumArgv();
+  if (!argv) {
+    log("# warning: could not read the Chromium command line; --disable-features left as passed");
+    return b;
+  }
+  const ours = CHROMIUM_ARGS.filter((a) => a.startsWith("--disable-features="));
+  const theirs = argv.filter((a) => a.startsWith("--disable-features=") && !ours.includes(a));
+  if (theirs.length === 0 || ours.length === 0) return b;
+  await b.close();
+  const merged = [...new Set([...theirs, ...ours].flatMap((a) => a.slice("--disable-features=".length).split(",")).filter(Boolean))];
+  const args = [...CHROMIUM_ARGS.filter((a) => !ours.includes(a)), `--disable-features=${merged.join(",")}`];
+  b = await launch(args, theirs);
+  const check = (chromiumArgv() || []).filter((a) => a.startsWith("--disable-features="));
+  if (check.length !== 1) throw new Error(`could not merge --disable-features: ${JSON.stringify(check)}`);
+  if (VERBOSE) log(`# ${check[0]}`);
+  return b;
+}
+const openContexts = new Set();
+
+async function newPeerPage(label) {
+  const context = await browser.newContext();
+  openContexts.add(context);
+  const page = await context.newPage();
+  page.label = label;
+  page.wsFrames = []; // signaling frames the page received, parsed
+  page.wsWaiters = [];
+  page.on("websocket", (ws) => {
+    ws.on("framereceived", (f) => {
+      let msg;
+      try {
+        msg = JSON.parse(f.payload);
+      } catch {
+        return;
+      }
+      const entry = { at: Date.now(), msg };
+      page.wsFrames.push(entry);
+      for (const w of [...page.wsWaiters]) {
+        if (w.pred(msg)) {
+          page.wsWaiters.splice(page.wsWaiters.indexOf(w), 1);
+          w.resolve(entry);
+        }
+      }
+    });
+  });
+  if (VERBOSE) page.on("console", (m) => log(`  console[${label}] ${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => log(`  pageerror[${label}]: ${e.message}`));
+  await page.goto(pageUrl);
+  await page.waitForFunction(() => window.E2E && window.peerjs && window.peerjs.Peer);
+  page.closeAll = async () => {
+    openContexts.delete(context);
+    await context.close().catch(() => {});
+  };
+  return page;
+}
+
+// Wait (Node side) for a signaling frame on `page` matching pred.
+function waitWsFrame(page, pred, ms, what) {
+  const hit = page.wsFrames.find((e) => pred(e.msg));
+  if (hit) return Promise.resolve(hit);
+  return withTimeout(new Promise((resolve) => page.wsWaiters.push({ pred, resolve })), ms, what);
+}
+
+async function closeAllContexts() {
+  await Promise.all([...openContexts].map((c) => c.close().catch(() => {})));
+  openContexts.clear();
+}
+
+function peerOptions(server, extra = {}) {
+  return {
+    host: "127.0.0.1",
+    port: server.port,
+    path: SERVER_PATH,
+    key: server.key,
+    secure: false,
+    debug: 0,
+    config: { iceServers: [] },
+    ...extra,
+  };
+}
+
+// Open a Peer in `page`; returns {ok, id} or {ok:false, type, message}.
+function openPeer(page, id, opts, ms = 10000) {
+  return page.evaluate(([id, opts, ms]) => window.E2E.open(id, opts, ms), [id || null, opts, ms]);
+}
+
+async function openPeerOk(page, id, opts) {
+  const r = await openPeer(page, id, opts);
+  assert(r.ok, `${page.label}: peer did not open: ${r.type} ${JSON.stringify(r.message)}`);
+  if (id) assertEq(r.id, id, `${page.label}: open id`);
+  return r.id;
+}
+
+const ev = (page, fn, arg) => page.evaluate(fn, arg);
+
+// Payloads for the data channel check. Built in the page from these descriptions.
+const PAYLOADS = [
+  { kind: "string", value: "hello, peer" },
+  { kind: "string", value: "unicode: héllo wörld ✓ 你好 🙂" },
+  { kind: "string", value: "x".repeat(20000) }, // larger than one chunk of the binary serializer
+  { kind: "json", value: { a: 1, b: "two", c: [1, 2, 3], d: { nested: true, n: null }, e: -1.5 } },
+  { kind: "json", value: [1, "x", false, { k: "v" }] },
+  { kind: "ArrayBuffer", bytes: [0, 1, 2, 3, 127, 128, 254, 255] },
+  { kind: "Uint8Array", bytes: Array.from({ length: 300 }, (_, i) => (i * 7) % 256) },
+];
+
+function hexOf(bytes) {
+  return bytes.map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Send every payload from `from` to `toId` and check `to` received them intact.
+async function exchange(from, fromId, to, toId) {
+  await ev(to, (id) => window.E2E.clearInbox(id), fromId);
+  for (const p of PAYLOADS) {
+    const d = p.kind === "json" ? { kind: "json", value: p.value } : p;
+    await ev(from, ([id, d]) => window.E2E.send(id, d), [toId, d]);
+  }
+  const got = await ev(to, ([id, n]) => window.E2E.receive(id, n, 10000), [fromId, PAYLOADS.length]);
+  PAYLOADS.forEach((p, i) => {
+    const g = got[i];
+    const where = `${from.label}→${to.label} message ${i} (${p.kind})`;
+    if (p.kind === "string") assertEq(g, { kind: "string", value: p.value }, where);
+    else if (p.kind === "json") assertEq(g.value, p.value, where);
+    else {
+      // peerjs's default (binary) serializer delivers binary data as an ArrayBuffer
+      assert(g.kind === "ArrayBuffer" || g.kind === "Uint8Array", `${where}: got ${g.kind}, not binary`);
+      assertEq(g.hex, hexOf(p.bytes), where);
+    }
+  });
+}
+
+// ------------------------------------------------------------------- checks
+
+const NAMES = {
+  data: "data channel: strings, JSON objects and binary travel both ways intact",
+  serverId: "no id: the server's {path}{key}/id gives a 36-char UUID and the peer opens",
+  idTaken: "taken id: a second peer gets unavailable-id while the holder is alive",
+  idFreed: "taken id: after the holder's page closes a new peer gets the id within seconds (alive-timeout 60 s)",
+  reconnect: "disconnect() then reconnect() opens again with the same id and can connect again",
+  media: "media call with the fake camera: callee answers and both sides get a playing video track",
+  roomMesh: "rooms: four peers with token room1 form a full mesh and all 12 directed messages arrive",
+  roomFull: "rooms: a fifth peer in room1 gets server-error \"Room is full\"",
+  roomLeave: "rooms: closing one page sends LEAVE and the other three see their connections to it close",
+  wrongKey: "wrong key: server-error \"Invalid key provided\"",
+  wrongPathNoId: "wrong path, no id: server-error (could not get an id)",
+  wrongPathId: "wrong path, fixed id: network \"Lost connection to server.\"",
+  downNoId: "server down, no id: server-error (could not get an id)",
+  downId: "server down, fixed id: network \"Lost connection to server.\"",
+};
+
+async function checkData(server) {
+  const a = await newPeerPage("A");
+  const b = await newPeerPage("B");
+  const aId = await openPeerOk(a, `alice-${RUN}`, peerOptions(server));
+  const bId = await openPeerOk(b, `bob-${RUN}`, peerOptions(server));
+  await ev(a, (id) => window.E2E.connect(id, 15000), bId);
+  await ev(b, (id) => window.E2E.waitIncoming(id, 15000), aId);
+  await exchange(a, aId, b, bId);
+  await exchange(b, bId, a, aId);
+  const pair = await ev(a, (id) => window.E2E.selectedPair(id), bId);
+  const fmt = (c) => c && `${c.protocol} ${c.address}:${c.port} (${c.type})`;
+  log(`# ${NAMES.data}: ICE pair ${pair ? `${fmt(pair.local)} <-> ${fmt(pair.remote)}` : "unknown"}`);
+}
+
+async function checkServerId(server) {
+  const p = await newPeerPage("P");
+  const r = await openPeer(p, null, peerOptions(server));
+  assert(r.ok, `peer did not open: ${r.type} ${JSON.stringify(r.message)}`);
+  assert(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(r.id), `id ${JSON.stringify(r.id)} is not a v4 UUID`);
+  assertEq(r.id.length, 36, "id length");
+  const peerId = await ev(p, () => window.E2E.peer.id);
+  assertEq(peerId, r.id, "peer.id");
+}
+
+async function checkIdTaken(server) {
+  const id = `taken-${RUN}`;
+  const holder = await newPeerPage("holder");
+  await openPeerOk(holder, id, peerOptions(server));
+  const other = await newPeerPage("other");
+  const r = await openPeer(other, id, peerOptions(server));
+  assertEq({ ok: r.ok, type: r.type, message: r.message }, { ok: false, type: "unavailable-id", message: `ID "${id}" is taken` }, "second peer");
+  // The holder is unaffected: still open, and it is the one the server routes to.
+  const state = await ev(holder, () => ({ open: window.E2E.peer.open, disconnected: window.E2E.peer.disconnected, errors: window.E2E.events.filter((e) => e.ev === "error") }));
+  assertEq(state, { open: true, disconnected: false, errors: [] }, "holder state");
+  const third = await newPeerPage("third");
+  const tId = await openPeerOk(third, `third-${RUN}`, peerOptions(server));
+  await ev(third, (h) => window.E2E.connect(h, 15000), id);
+  await ev(holder, (t) => window.E2E.waitIncoming(t, 15000), tId);
+}
+
+async function checkIdFreed(server) {
+  const id = `freed-${RUN}`;
+  const holder = await newPeerPage("holder");
+  await openPeerOk(holder, id, peerOptions(server));
+  const t0 = Date.now();
+  await holder.close(); // the page goes away; its context stays
+  const next = await newPeerPage("next");
+  const r = await openPeer(next, id, peerOptions(server), 10000);
+  const ms = Date.now() - t0;
+  assert(r.ok, `new peer with the freed id did not open: ${r.type} ${JSON.stringify(r.message)} (${ms} ms after the holder's page closed)`);
+  assert(ms < 5000, `took ${ms} ms after the holder's page closed (limit 5000)`);
+  log(`# ${NAMES.idFreed}: id reusable ${ms} ms after the page closed`);
+}
+
+async function checkReconnect(server) {
+  const a = await newPeerPage("A");
+  const b = await newPeerPage("B");
+  const aId = await openPeerOk(a, `recon-${RUN}`, peerOptions(server));
+  const bId = await openPeerOk(b, `peer-${RUN}`, peerOptions(server));
+  await ev(a, (id) => window.E2E.connect(id, 15000), bId);
+  await ev(b, (id) => window.E2E.waitIncoming(id, 15000), aId);
+
+  const d = await ev(a, () => window.E2E.disconnect(5000));
+  assertEq(d, { disconnected: true, open: false }, "state after disconnect()");
+  const r = await ev(a, () => window.E2E.reconnect(10000));
+  assert(r.ok, `reconnect() did not open: ${r.type} ${JSON.stringify(r.message)}`);
+  assertEq(r.id, aId, "id after reconnect()");
+  // New connection in both directions after the reconnect: B → A reaches A's new socket.
+  const mark = await ev(a, () => window.E2E.mark());
+  await ev(b, (id) => window.E2E.connect(id, 15000), aId);
+  await ev(a, ([id, m]) => window.E2E.waitIncoming(id, 15000, m), [bId, mark]);
+  await ev(b, (id) => window.E2E.send(id, { kind: "string", value: "after reconnect" }), aId);
+  const got = await ev(a, (id) => window.E2E.receive(id, 1, 10000), bId);
+  assertEq(got[0], { kind: "string", value: "after reconnect" }, "message B→A after reconnect");
+  const mark2 = await ev(b, (id) => (window.E2E.inbox.get(id) || []).length, aId);
+  await ev(a, (id) => window.E2E.send(id, { kind: "string", value: "back" }), bId);
+  const got2 = await ev(b, ([id, n]) => window.E2E.receive(id, n, 10000), [aId, mark2 + 1]);
+  assertEq(got2[mark2], { kind: "string", value: "back" }, "message A→B after reconnect");
+}
+
+async function checkMedia(server) {
+  const caller = await newPeerPage("caller");
+  const callee = await newPeerPage("callee");
+  await openPeerOk(caller, `caller-${RUN}`, peerOptions(server));
+  const calleeId = await openPeerOk(callee, `callee-${RUN}`, peerOptions(server));
+  const kinds = await ev(caller, () => window.E2E.getCamera());
+  assert(kinds.includes("video"), `fake camera gave tracks ${JSON.stringify(kinds)}`);
+  await ev(callee, () => window.E2E.getCamera());
+  const [callerSide, calleeSide] = await Promise.all([
+    ev(caller, (id) => window.E2E.call(id, 15000), calleeId),
+    ev(callee, () => window.E2E.answer(15000)),
+  ]);
+  for (const [who, s] of [["callee got caller's stream", calleeSide], ["caller got callee's stream", callerSide]]) {
+    const video = s.tracks.filter((t) => t.kind === "video");
+    assert(video.length >= 1, `${who}: no video track (${JSON.stringify(s.tracks)})`);
+    assertEq(video[0].readyState, "live", `${who}: video track state`);
+    assert(s.frame.width > 0 && s.frame.height > 0, `${who}: decoded frame is ${s.frame.width}x${s.frame.height}`);
+  }
+}
+
+// Room scenario: one setup, three reported checks.
+async function roomScenario(server, report) {
+  const n = 4;
+  const ids = Array.from({ length: n }, (_, i) => `r${i + 1}-${RUN}`);
+  const opts = peerOptions(server, { token: "room1" });
+  const pages = [];
+  let opened = false;
+  let meshError = null;
+  try {
+    for (let i = 0; i < n; i++) pages.push(await newPeerPage(`room${i + 1}`));
+    await Promise.all(pages.map((p, i) => openPeerOk(p, ids[i], opts)));
+    opened = true;
+    // i connects to every j > i: 6 connections, each carries both directions.
+    const jobs = [];
+    for (let i = 0; i < n; i++) {
+      for (let j = i + 1; j < n; j++) {
+        jobs.push(ev(pages[i], (id) => window.E2E.connect(id, 20000), ids[j]));
+        jobs.push(ev(pages[j], (id) => window.E2E.waitIncoming(id, 20000), ids[i]));
+      }
+    }
+    await Promise.all(jobs);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        if (i !== j) await ev(pages[i], ([to, v]) => window.E2E.send(to, { kind: "string", value: v }), [ids[j], `${ids[i]}→${ids[j]}`]);
+      }
+    }
+    let arrived = 0;
+    for (let j = 0; j < n; j++) {
+      for (let i = 0; i < n; i++) {
+        if (i === j) continue;
+        const got = await ev(pages[j], (id) => window.E2E.receive(id, 1, 10000), ids[i]);
+        assertEq(got, [{ kind: "string", value: `${ids[i]}→${ids[j]}` }], `message ${ids[i]}→${ids[j]}`);
+        arrived++;
+      }
+    }
+    assertEq(arrived, 12, "directed messages");
+  } catch (e) {
+    meshError = e;
+  }
+  report(NAMES.roomMesh, meshError);
+
+  // A fifth peer: refused while the room holds four.
+  let fullError = null;
+  try {
+    if (!opened) throw new CheckFailure(`the four room peers did not open: ${meshError.message}`);
+    const fifth = await newPeerPage("room5");
+    const r = await openPeer(fifth, `r5-${RUN}`, opts);
+    assertEq({ ok: r.ok, type: r.type, message: r.message }, { ok: false, type: "server-error", message: "Room is full" }, "fifth peer");
+  } catch (e) {
+    fullError = e;
+  }
+  report(NAMES.roomFull, fullError);
+
+  let leaveError = null;
+  try {
+    if (meshError) throw new CheckFailure(`needs the full mesh, which failed: ${meshError.message}`);
+    const leaver = pages[3];
+    const leaverId = ids[3];
+    const t0 = Date.now();
+    await leaver.close();
+    const results = await Promise.all([0, 1, 2].map(async (i) => {
+      const frame = await waitWsFrame(pages[i], (m) => m.type === "LEAVE" && m.src === leaverId, 5000, `${pages[i].label}: LEAVE from ${leaverId}`);
+      const closedIn = await ev(pages[i], (id) => window.E2E.waitConnClose(id, 5000), leaverId);
+      const open = await ev(pages[i], (id) => (window.E2E.peer.connections[id] || []).filter((c) => c.open).length, leaverId);
+      assertEq(open, 0, `${pages[i].label}: open connections to ${leaverId}`);
+      return { leaveMs: frame.at - t0, closedMs: Date.now() - t0, closedIn };
+    }));
+    log(`# ${NAMES.roomLeave}: ${results.map((r, i) => `room${i + 1} LEAVE after ${r.leaveMs} ms`).join(", ")}`);
+  } catch (e) {
+    leaveError = e;
+  }
+  report(NAMES.roomLeave, leaveError);
+}
+
+async function expectFailure(page, id, opts, expected, what) {
+  const r = await openPeer(page, id, opts, 15000);
+  assertEq({ ok: r.ok, type: r.type, message: r.message }, { ok: false, ...expected }, what);
+}
+
+async function checkWrongKey(server) {
+  const p = await newPeerPage("P");
+  await expectFailure(p, `wrongkey-${RUN}`, peerOptions(server, { key: "peerjs" }), { type: "server-error", message: "Invalid key provided" }, "peer with key peerjs");
+  const state = await ev(p, () => window.E2E.waitEvent("close", 5000).then(() => ({ destroyed: window.E2E.peer.destroyed })));
+  assertEq(state, { destroyed: true }, "peer after the ERROR");
+}
+
+// What peerjs 1.5.5 reports when GET {path}{key}/id fails: _abort(ServerError, new Error(...)).
+// PeerError copies only enumerable own properties of an Error object, and Error#message
+// is not enumerable, so the error arrives as type "server-error" with an EMPTY message.
+// (The text "Could not get an ID from the server." only goes to the client's own logger.)
+const NO_ID_ERROR = { type: "server-error", message: "" };
+const LOST_CONNECTION = { type: "network", message: "Lost connection to server." };
+
+async function checkWrongPathNoId(server) {
+  const p = await newPeerPage("P");
+  await expectFailure(p, null, peerOptions(server, { path: "/wrong/" }), NO_ID_ERROR, "peer without id on path /wrong/");
+  await ev(p, () => window.E2E.waitEvent("close", 5000));
+}
+
+async function checkWrongPathId(server) {
+  const p = await newPeerPage("P");
+  await expectFailure(p, `wrongpath-${RUN}`, peerOptions(server, { path: "/wrong/" }), LOST_CONNECTION, "peer with fixed id on path /wrong/");
+  const state = await ev(p, () => window.E2E.waitEvent("disconnected", 5000).then(() => ({ disconnected: window.E2E.peer.disconnected, open: window.E2E.peer.open })));
+  assertEq(state, { disconnected: true, open: false }, "peer state");
+}
+
+async function checkDownNoId(down) {
+  const p = await newPeerPage("P");
+  await expectFailure(p, null, peerOptions(down), NO_ID_ERROR, "peer without id, nothing listening");
+  await ev(p, () => window.E2E.waitEvent("close", 5000));
+}
+
+async function checkDownId(down) {
+  const p = await newPeerPage("P");
+  await expectFailure(p, `down-${RUN}`, peerOptions(down), LOST_CONNECTION, "peer with fixed id, nothing listening");
+  await ev(p, () => window.E2E.waitEvent("disconnected", 5000));
+}
+
+// Groups of checks sharing one server configuration (null = no server).
+const GROUPS = [
+  {
+    server: {},
+    checks: [
+      [NAMES.data, checkData],
+      [NAMES.serverId, checkServerId],
+      [NAMES.idTaken, checkIdTaken],
+      [NAMES.idFreed, checkIdFreed],
+      [NAMES.reconnect, checkReconnect],
+      [NAMES.media, checkMedia],
+      [NAMES.wrongPathNoId, checkWrongPathNoId],
+      [NAMES.wrongPathId, checkWrongPathId],
+    ],
+  },
+  {
+    server: { rooms: "token", maxRoomPeers: 4 },
+    skipReference: "reference has no rooms",
+    scenario: roomScenario,
+    names: [NAMES.roomMesh, NAMES.roomFull, NAMES.roomLeave],
+    budgetMs: 90000,
+  },
+  { server: { key: "secret" }, checks: [[NAMES.wrongKey, checkWrongKey]] },
+  {
+    server: null,
+    checks: [
+      [NAMES.downNoId, checkDownNoId],
+      [NAMES.downId, checkDownId],
+    ],
+  },
+];
+
+// ------------------------------------------------------------------- runner
+
+const results = { passed: 0, failed: 0, skipped: 0 };
+
+function report(name, err, ms) {
+  if (err) {
+    results.failed++;
+    process.stdout.write(`not ok - ${name}: ${oneLine(err.message || err)}\n`);
+  } else {
+    results.passed++;
+    process.stdout.write(`ok - ${name}\n`);
+  }
+  if (ms !== undefined) log(`# ${ms} ms  ${name}`);
+}
+
+function skip(name, why) {
+  results.skipped++;
+  process.stdout.write(`ok - ${name} # SKIP ${why}\n`);
+}
+
+function dumpServer(server) {
+  if (!server) return;
+  log(`# server: ${server.desc}`);
+  for (const line of server.output.slice(-40)) log(`#   ${line}`);
+}
+
+async function main() {
+  if (SERVER_KIND !== "peerjsd" && SERVER_KIND !== "reference") {
+    process.stdout.write(`not ok - setup: E2E_SERVER must be peerjsd or reference, not ${SERVER_KIND}\n`);
+    process.exit(1);
+  }
+  if (SERVER_KIND === "peerjsd" && !existsSync(PEERJSD_BIN)) {
+    process.stdout.write(`not ok - setup: no peerjsd binary at ${PEERJSD_BIN}: build it with "cargo build --release" in the repository root, or set PEERJSD_BIN\n`);
+    process.exit(1);
+  }
+  if (SERVER_KIND === "reference" && !existsSync(REFERENCE_CLI)) {
+    process.stdout.write(`not ok - setup: no reference server at ${REFERENCE_CLI}: run "npm ci" in e2e/\n`);
+    process.exit(1);
+  }
+  if (!existsSync(CHROMIUM_BIN)) {
+    process.stdout.write(`not ok - setup: no Chromium at ${CHROMIUM_BIN}: run e2e/setup.sh (apt-get install -y chromium)\n`);
+    process.exit(1);
+  }
+  const started = Date.now();
+  const stat = await startStaticServer();
+  pageUrl = stat.url;
+  browser = await launchBrowser();
+  log(`# server ${SERVER_KIND}${SERVER_KIND === "peerjsd" ? ` (${PEERJSD_BIN})` : ""}, Chromium ${browser.version()}, pages ${pageUrl}, run ${RUN}`);
+
+  try {
+    for (const group of GROUPS) {
+      const names = group.names || group.checks.map(([n]) => n);
+      const selected = names.filter((n) => n.includes(ONLY));
+      if (selected.length === 0) continue;
+      if (group.skipReference && SERVER_KIND === "reference") {
+        for (const n of names) skip(n, group.skipReference);
+        continue;
+      }
+      let server = null;
+      let down = null;
+      if (group.server) {
+        try {
+          server = await startSignalingServer(group.server);
+        } catch (e) {
+          for (const n of selected) report(n, e);
+          continue;
+        }
+      } else {
+        down = { port: await freePort(), key: "peerjs" }; // nothing listens here
+      }
+      let groupFailed = false;
+      try {
+        if (group.scenario) {
+          const t0 = Date.now();
+          const done = new Set();
+          await withTimeout(group.scenario(server, (n, err) => {
+            groupFailed ||= !!err;
+            done.add(n);
+            report(n, err, Date.now() - t0);
+          }), group.budgetMs || 60000, "scenario").catch((e) => {
+            groupFailed = true;
+            for (const n of names) if (!done.has(n)) report(n, e);
+          });
+        } else {
+          for (const [name, fn] of group.checks) {
+            if (!name.includes(ONLY)) continue;
+            const t0 = Date.now();
+            let err = null;
+            try {
+              await withTimeout(fn(server || down), 60000, "check");
+            } catch (e) {
+              err = e;
+            }
+            groupFailed ||= !!err;
+            report(name, err, Date.now() - t0);
+            await closeAllContexts();
+          }
+        }
+      } finally {
+        await closeAllContexts();
+        if (groupFailed) dumpServer(server);
+        if (server) await server.stop();
+      }
+    }
+  } finally {
+    await browser.close().catch(() => {});
+    stat.server.close();
+  }
+  log(`# total ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  process.stdout.write(`e2e: ${results.passed} passed, ${results.failed} failed, ${results.skipped} skipped\n`);
+  process.exitCode = results.failed ? 1 : 0;
+}
+
+main().catch((e) => {
+  process.stdout.write(`not ok - setup: ${oneLine(e.stack || e)}\n`);
+  process.exit(1);
+});
