@@ -125,7 +125,12 @@ async function startStaticServer() {
     if (!existsSync(file)) throw new Error(`missing ${file} (run "npm ci" in e2e/)`);
   }
   const server = http.createServer((req, res) => {
-    const entry = STATIC[new URL(req.url, "http://x").pathname];
+    const pathname = new URL(req.url, "http://x").pathname;
+    if (pathname === "/favicon.ico") {
+      res.writeHead(204).end();
+      return;
+    }
+    const entry = STATIC[pathname];
     if (!entry) {
       res.writeHead(404, { "content-type": "text/plain" }).end("not found");
       return;
@@ -287,7 +292,11 @@ async function newPeerPage(label) {
       }
     });
   });
-  if (VERBOSE) page.on("console", (m) => log(`  console[${label}] ${m.type()}: ${m.text()}`));
+  page.consoleLines = [];
+  page.on("console", (m) => {
+    page.consoleLines.push(`${m.type()}: ${m.text()}`);
+    if (VERBOSE) log(`  console[${label}] ${m.type()}: ${m.text()}`);
+  });
   page.on("pageerror", (e) => log(`  pageerror[${label}]: ${e.message}`));
   await page.goto(pageUrl);
   await page.waitForFunction(() => window.E2E && window.peerjs && window.peerjs.Peer);
@@ -386,9 +395,9 @@ const NAMES = {
   roomFull: "rooms: a fifth peer in room1 gets server-error \"Room is full\"",
   roomLeave: "rooms: closing one page sends LEAVE and the other three see their connections to it close",
   wrongKey: "wrong key: server-error \"Invalid key provided\"",
-  wrongPathNoId: "wrong path, no id: server-error (could not get an id)",
+  wrongPathNoId: "wrong path, no id: server-error with an empty message (the client only logs \"Could not get an ID from the server.\")",
   wrongPathId: "wrong path, fixed id: network \"Lost connection to server.\"",
-  downNoId: "server down, no id: server-error (could not get an id)",
+  downNoId: "server down, no id: server-error with an empty message (the client only logs \"Could not get an ID from the server.\")",
   downId: "server down, fixed id: network \"Lost connection to server.\"",
 };
 
@@ -583,12 +592,20 @@ async function checkWrongKey(server) {
 // is not enumerable, so the error arrives as type "server-error" with an EMPTY message.
 // (The text "Could not get an ID from the server." only goes to the client's own logger.)
 const NO_ID_ERROR = { type: "server-error", message: "" };
+const NO_ID_LOG = "Could not get an ID from the server.";
+
+// With debug: 1 the client logs the reason it does not put in the error event.
+async function expectNoIdFailure(page, opts, what) {
+  await expectFailure(page, null, { ...opts, debug: 1 }, NO_ID_ERROR, what);
+  await ev(page, () => window.E2E.waitEvent("close", 5000));
+  const logged = page.consoleLines.filter((l) => l.includes("PeerJS"));
+  assert(logged.some((l) => l.startsWith("error:") && l.includes(NO_ID_LOG)), `${what}: client did not log "${NO_ID_LOG}"; console: ${JSON.stringify(logged)}`);
+}
 const LOST_CONNECTION = { type: "network", message: "Lost connection to server." };
 
 async function checkWrongPathNoId(server) {
   const p = await newPeerPage("P");
-  await expectFailure(p, null, peerOptions(server, { path: "/wrong/" }), NO_ID_ERROR, "peer without id on path /wrong/");
-  await ev(p, () => window.E2E.waitEvent("close", 5000));
+  await expectNoIdFailure(p, peerOptions(server, { path: "/wrong/" }), "peer without id on path /wrong/");
 }
 
 async function checkWrongPathId(server) {
@@ -600,8 +617,7 @@ async function checkWrongPathId(server) {
 
 async function checkDownNoId(down) {
   const p = await newPeerPage("P");
-  await expectFailure(p, null, peerOptions(down), NO_ID_ERROR, "peer without id, nothing listening");
-  await ev(p, () => window.E2E.waitEvent("close", 5000));
+  await expectNoIdFailure(p, peerOptions(down), "peer without id, nothing listening");
 }
 
 async function checkDownId(down) {

@@ -1,0 +1,622 @@
+//! Command line, environment and config file, validated once into [`Config`].
+//!
+//! Precedence: flags > `PEERJSD_*` environment > the reference's environment names (`PORT`,
+//! `PEERSERVER_PATH`, `ALLOWED_ORIGINS`) > `--config` TOML file > built-in defaults. The file
+//! and legacy variables are folded in as clap defaults, so `--help` shows the value that will
+//! apply and clap does the rest. Nothing reads the environment after start-up.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+/// How peers are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoomMode {
+    /// One namespace for the whole server, as peerjs-server.
+    Global,
+    /// The `token` query parameter names the room; ids are unique per room.
+    Token,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The command line. Every flag also reads `PEERJSD_<NAME>`; the reference's spellings are
+/// accepted as aliases.
+#[derive(Debug, Parser)]
+#[command(
+    name = "peerjsd",
+    version,
+    about = "A fast PeerJS signaling server: a drop-in for peerjs-server, with game rooms and abuse limits.",
+    after_help = "Durations: a bare number is milliseconds (as in peerjs-server); 500ms, 60s, 5m, 1h also work.\n\
+                  Reference environment names also work: PORT, PEERSERVER_PATH, ALLOWED_ORIGINS (comma-separated)."
+)]
+struct Cli {
+    /// TOML config file; its keys are the long flag names (see config/peerjsd.toml).
+    #[arg(long, env = "PEERJSD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// TCP port to listen on.
+    #[arg(short = 'p', long, env = "PEERJSD_PORT", default_value = "9000")]
+    port: u16,
+
+    /// Address to listen on ("::" also accepts IPv4).
+    #[arg(short = 'H', long, env = "PEERJSD_HOST", default_value = "::")]
+    host: IpAddr,
+
+    /// Mount path: the WebSocket is at {path}peerjs, REST at {path}.
+    #[arg(long, env = "PEERJSD_PATH", default_value = "/")]
+    path: String,
+
+    /// Connection key clients must send (`key` option of the PeerJS client).
+    #[arg(short = 'k', long, env = "PEERJSD_KEY", default_value = "peerjs")]
+    key: String,
+
+    /// How long messages for an offline peer wait before the sender gets EXPIRE.
+    #[arg(short = 't', long, alias = "expire_timeout", env = "PEERJSD_EXPIRE_TIMEOUT", default_value = "5000", value_parser = parse_duration)]
+    expire_timeout: Duration,
+
+    /// A peer that sends nothing for this long is closed and its id freed.
+    #[arg(long, alias = "alive_timeout", env = "PEERJSD_ALIVE_TIMEOUT", default_value = "60000", value_parser = parse_duration)]
+    alive_timeout: Duration,
+
+    /// Most peers connected to the server at once.
+    #[arg(
+        short = 'c',
+        long,
+        alias = "concurrent_limit",
+        env = "PEERJSD_CONCURRENT_LIMIT",
+        default_value = "100000"
+    )]
+    concurrent_limit: usize,
+
+    /// Serve the list of connected ids at GET {path}{key}/peers.
+    #[arg(long, alias = "allow_discovery", env = "PEERJSD_ALLOW_DISCOVERY", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    allow_discovery: bool,
+
+    /// Behind a reverse proxy: take the client IP from the last X-Forwarded-For entry.
+    #[arg(long, env = "PEERJSD_PROXIED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    proxied: bool,
+
+    /// Allowed Origin (repeatable). Unset: reflect any Origin on REST and accept any WebSocket.
+    #[arg(
+        long,
+        env = "PEERJSD_CORS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    cors: Vec<String>,
+
+    /// TLS private key (PEM); needs --sslcert.
+    #[arg(long, alias = "ssl-key", env = "PEERJSD_SSLKEY", value_name = "FILE")]
+    sslkey: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM); needs --sslkey.
+    #[arg(long, alias = "ssl-cert", env = "PEERJSD_SSLCERT", value_name = "FILE")]
+    sslcert: Option<PathBuf>,
+
+    /// "global": one namespace, as peerjs-server. "token": the PeerJS token names a room.
+    #[arg(long, env = "PEERJSD_ROOMS", value_enum, default_value = "global")]
+    rooms: RoomMode,
+
+    /// Room mode: most peers per room; the next one gets ERROR "Room is full".
+    #[arg(long, env = "PEERJSD_MAX_ROOM_PEERS", default_value = "4")]
+    max_room_peers: usize,
+
+    /// Send LEAVE from a departing peer to the rest of its room [default: on in room mode, off in global mode].
+    #[arg(long, env = "PEERJSD_ANNOUNCE_LEAVE", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    announce_leave: Option<bool>,
+
+    /// Messages per second per peer (burst = rate); 0 turns rate limiting off.
+    #[arg(long, env = "PEERJSD_RATE_LIMIT", default_value = "100")]
+    rate_limit: u32,
+
+    /// A peer over its rate limit for this long is closed with ERROR "Rate limit exceeded".
+    #[arg(long, env = "PEERJSD_RATE_LIMIT_GRACE", default_value = "5s", value_parser = parse_duration)]
+    rate_limit_grace: Duration,
+
+    /// Largest inbound message in bytes; larger closes the socket with 1009.
+    #[arg(long, env = "PEERJSD_MAX_MESSAGE_SIZE", default_value = "1048576")]
+    max_message_size: usize,
+
+    /// Most WebSocket connections from one client IP (HTTP 429 past it); 0 = no limit.
+    #[arg(long, env = "PEERJSD_MAX_CONNECTIONS_PER_IP", default_value = "256")]
+    max_connections_per_ip: usize,
+
+    /// An HTTP request or TLS handshake that takes longer than this is dropped.
+    #[arg(long, env = "PEERJSD_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// Most queued messages for one offline peer; past it the sender gets EXPIRE at once.
+    #[arg(long, env = "PEERJSD_MAX_QUEUE_PER_PEER", default_value = "64")]
+    max_queue_per_peer: usize,
+
+    /// Most bytes queued for offline peers server-wide; past it senders get EXPIRE at once.
+    #[arg(long, env = "PEERJSD_MAX_QUEUED_BYTES", default_value = "33554432")]
+    max_queued_bytes: usize,
+
+    /// Frames waiting to be written to one peer; a peer that lets this fill up is closed.
+    #[arg(long, env = "PEERJSD_OUTBOUND_QUEUE", default_value = "256")]
+    outbound_queue: usize,
+
+    /// How long a duplicate id's holder has to answer a WebSocket ping before it is evicted.
+    #[arg(long, env = "PEERJSD_PROBE_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    probe_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long to wait for sockets to close before exiting anyway.
+    #[arg(long, env = "PEERJSD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Log format: json or text. Filter with RUST_LOG (default "info").
+    #[arg(long, env = "PEERJSD_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+
+    /// Also serve /metrics (and /health) on this separate address, e.g. 127.0.0.1:9100.
+    #[arg(long, env = "PEERJSD_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// The validated configuration the server runs with. Tests build it from [`Config::default`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen port.
+    pub port: u16,
+    /// Listen address.
+    pub host: IpAddr,
+    /// Normalised mount path: starts and ends with `/`.
+    pub path: String,
+    /// The key clients must present.
+    pub key: String,
+    /// Offline queue expiry.
+    pub expire_timeout: Duration,
+    /// Inactivity after which a peer is closed.
+    pub alive_timeout: Duration,
+    /// Most registered peers server-wide.
+    pub concurrent_limit: usize,
+    /// Whether `/peers` lists ids.
+    pub allow_discovery: bool,
+    /// Whether the client IP comes from `X-Forwarded-For`.
+    pub proxied: bool,
+    /// Allowed origins; empty means "any".
+    pub cors: Vec<String>,
+    /// TLS key and certificate paths, when serving TLS.
+    pub tls: Option<TlsPaths>,
+    /// Global or per-token rooms.
+    pub rooms: RoomMode,
+    /// Room capacity in room mode (`usize::MAX` in global mode).
+    pub max_room_peers: usize,
+    /// Whether departures are announced with LEAVE to the rest of the room.
+    pub announce_leave: bool,
+    /// Messages per second per peer; `None` = unlimited.
+    pub rate_limit: Option<NonZeroU32>,
+    /// How long a peer may stay over its rate limit before it is closed.
+    pub rate_limit_grace: Duration,
+    /// Largest inbound message.
+    pub max_message_size: usize,
+    /// Most sockets per client IP; `None` = unlimited.
+    pub max_connections_per_ip: Option<usize>,
+    /// Bound on reading an HTTP request head or a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Offline queue bound per destination.
+    pub max_queue_per_peer: usize,
+    /// Offline queue bound server-wide, in bytes.
+    pub max_queued_bytes: usize,
+    /// Outbound frames buffered per peer.
+    pub outbound_queue: usize,
+    /// Liveness probe bound for a duplicate id's holder.
+    pub probe_timeout: Duration,
+    /// Drain bound on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Separate listener for `/metrics` and `/health`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    /// Private key.
+    pub key: PathBuf,
+    /// Certificate chain.
+    pub cert: PathBuf,
+}
+
+impl Default for Config {
+    /// The built-in defaults (what `peerjsd` with no flags and no environment runs with).
+    fn default() -> Self {
+        let cli = Cli::parse_from(["peerjsd"]);
+        // The built-in defaults always validate.
+        Config::try_from(cli).unwrap_or_else(|e| panic!("built-in defaults are invalid: {e}"))
+    }
+}
+
+/// A configuration problem, reported as one line and exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// What parsing the command line produced.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Run with this configuration.
+    Run(Box<Config>),
+    /// `--help` or `--version`: print this to stdout and exit 0.
+    Print(String),
+}
+
+impl Config {
+    /// Parses arguments and the process environment, reading `--config` if given.
+    pub fn from_args<I, T>(args: I) -> Result<Parsed, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Cli::command();
+
+        if let Some(file) = config_file_arg(&args) {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", file.display()))
+            })?;
+            for (name, values) in file_defaults(&text, &command)
+                .map_err(|e| ConfigError(format!("config file {}: {e}", file.display())))?
+            {
+                command = command.mut_arg(name, |arg| arg.default_values(values));
+            }
+        }
+        for (arg, var) in [
+            ("port", "PORT"),
+            ("path", "PEERSERVER_PATH"),
+            ("cors", "ALLOWED_ORIGINS"),
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                let values: Vec<String> = if arg == "cors" {
+                    value
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                } else {
+                    vec![value]
+                };
+                command = command.mut_arg(arg, |a| a.default_values(values));
+            }
+        }
+
+        let matches = match command.try_get_matches_from(args) {
+            Ok(m) => m,
+            Err(e) => return clap_error(e),
+        };
+        let cli = match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => return clap_error(e),
+        };
+        Config::try_from(cli).map(|c| Parsed::Run(Box::new(c)))
+    }
+
+    /// The WebSocket path: `{path}peerjs`.
+    pub fn ws_path(&self) -> String {
+        format!("{}peerjs", self.path)
+    }
+}
+
+fn clap_error(e: clap::Error) -> Result<Parsed, ConfigError> {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            Ok(Parsed::Print(e.render().to_string()))
+        }
+        _ => {
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            Err(ConfigError(line.trim_start_matches("error: ").to_owned()))
+        }
+    }
+}
+
+/// Finds `--config FILE` / `--config=FILE` in the arguments, else `PEERJSD_CONFIG`.
+fn config_file_arg(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("PEERJSD_CONFIG").map(PathBuf::from)
+}
+
+/// Turns the TOML file into clap default values, keyed by argument id.
+fn file_defaults(
+    text: &str,
+    command: &clap::Command,
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let known = command
+            .get_arguments()
+            .any(|a| a.get_id() == id.as_str() && a.get_long().is_some() && id != "config");
+        if !known {
+            return Err(format!("unknown key '{key}'"));
+        }
+        let values = match value {
+            toml::Value::String(s) => vec![s],
+            toml::Value::Integer(i) => vec![i.to_string()],
+            toml::Value::Boolean(b) => vec![b.to_string()],
+            toml::Value::Float(f) => vec![f.to_string()],
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s),
+                    other => Err(format!("'{key}' must be a list of strings, found {other}")),
+                })
+                .collect::<Result<_, _>>()?,
+            other => return Err(format!("'{key}' has an unsupported value {other}")),
+        };
+        out.push((id, values));
+    }
+    Ok(out)
+}
+
+/// Parses `5000` (milliseconds, as the reference), `500ms`, `60s`, `5m` or `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (use 5000, 500ms, 60s, 5m or 1h)"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("'{s}' is too long"))
+}
+
+/// Normalises a mount path the way the PeerJS client does: leading and trailing `/`.
+fn normalise_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 2);
+    if !path.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(path);
+    if !out.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        let bad = |flag: &str, value: &dyn std::fmt::Display, why: &str| {
+            Err(ConfigError(format!(
+                "invalid value '{value}' for '--{flag}': {why}"
+            )))
+        };
+        if cli.key.is_empty() {
+            return bad("key", &"", "must not be empty");
+        }
+        if cli.path.contains(['?', '#']) || cli.path.chars().any(char::is_whitespace) {
+            return bad("path", &cli.path, "must be a plain URL path");
+        }
+        if cli.alive_timeout.is_zero() {
+            return bad("alive-timeout", &"0", "must be more than 0");
+        }
+        if cli.expire_timeout.is_zero() {
+            return bad("expire-timeout", &"0", "must be more than 0");
+        }
+        if cli.concurrent_limit == 0 {
+            return bad("concurrent-limit", &"0", "must be at least 1");
+        }
+        if cli.rooms == RoomMode::Token && cli.max_room_peers < 2 {
+            return bad(
+                "max-room-peers",
+                &cli.max_room_peers,
+                "a room needs at least 2 peers",
+            );
+        }
+        if cli.max_message_size < 1024 {
+            return bad(
+                "max-message-size",
+                &cli.max_message_size,
+                "must be at least 1024 bytes",
+            );
+        }
+        if cli.outbound_queue == 0 {
+            return bad("outbound-queue", &"0", "must be at least 1");
+        }
+        if cli.max_queue_per_peer == 0 {
+            return bad("max-queue-per-peer", &"0", "must be at least 1");
+        }
+        if cli.probe_timeout.is_zero() {
+            return bad("probe-timeout", &"0", "must be more than 0");
+        }
+        for origin in &cli.cors {
+            if origin.is_empty() || origin.contains(char::is_whitespace) || origin.ends_with('/') {
+                return bad(
+                    "cors",
+                    origin,
+                    "an origin is scheme://host[:port] with no trailing slash",
+                );
+            }
+        }
+        let tls = match (cli.sslkey, cli.sslcert) {
+            (Some(key), Some(cert)) => Some(TlsPaths { key, cert }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError("--sslkey needs --sslcert".into())),
+            (None, Some(_)) => return Err(ConfigError("--sslcert needs --sslkey".into())),
+        };
+        let room_mode = cli.rooms == RoomMode::Token;
+        Ok(Config {
+            port: cli.port,
+            host: cli.host,
+            path: normalise_path(&cli.path),
+            key: cli.key,
+            expire_timeout: cli.expire_timeout,
+            alive_timeout: cli.alive_timeout,
+            concurrent_limit: cli.concurrent_limit,
+            allow_discovery: cli.allow_discovery,
+            proxied: cli.proxied,
+            cors: cli.cors,
+            tls,
+            rooms: cli.rooms,
+            max_room_peers: if room_mode {
+                cli.max_room_peers
+            } else {
+                usize::MAX
+            },
+            announce_leave: cli.announce_leave.unwrap_or(room_mode),
+            rate_limit: NonZeroU32::new(cli.rate_limit),
+            rate_limit_grace: cli.rate_limit_grace,
+            max_message_size: cli.max_message_size,
+            max_connections_per_ip: (cli.max_connections_per_ip > 0)
+                .then_some(cli.max_connections_per_ip),
+            handshake_timeout: cli.handshake_timeout,
+            max_queue_per_peer: cli.max_queue_per_peer,
+            max_queued_bytes: cli.max_queued_bytes,
+            outbound_queue: cli.outbound_queue,
+            probe_timeout: cli.probe_timeout,
+            shutdown_timeout: cli.shutdown_timeout,
+            log_format: cli.log_format,
+            metrics_addr: cli.metrics_addr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        match Config::from_args(std::iter::once("peerjsd").chain(args.iter().copied())) {
+            Ok(Parsed::Run(c)) => Ok(*c),
+            Ok(Parsed::Print(_)) => Err("printed".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5000"), Ok(Duration::from_millis(5000)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn reference_flag_names_work() {
+        let c = run(&[
+            "--port",
+            "9001",
+            "--path",
+            "/myapp",
+            "--key",
+            "k",
+            "--expire_timeout",
+            "5000",
+            "--alive_timeout",
+            "60000",
+            "--concurrent_limit",
+            "5000",
+            "--allow_discovery",
+        ])
+        .unwrap();
+        assert_eq!(c.port, 9001);
+        assert_eq!(c.path, "/myapp/");
+        assert_eq!(c.ws_path(), "/myapp/peerjs");
+        assert_eq!(c.key, "k");
+        assert_eq!(c.concurrent_limit, 5000);
+        assert!(c.allow_discovery);
+        let c = run(&[
+            "-p", "1", "-k", "x", "-t", "1s", "-c", "3", "--cors", "http://a", "--cors", "http://b",
+        ])
+        .unwrap();
+        assert_eq!((c.port, c.key.as_str(), c.concurrent_limit), (1, "x", 3));
+        assert_eq!(c.expire_timeout, Duration::from_secs(1));
+        assert_eq!(c.cors, ["http://a", "http://b"]);
+    }
+
+    #[test]
+    fn defaults_follow_the_mode() {
+        let c = Config::default();
+        assert_eq!(
+            (c.port, c.path.as_str(), c.key.as_str()),
+            (9000, "/", "peerjs")
+        );
+        assert_eq!(c.alive_timeout, Duration::from_secs(60));
+        assert!(!c.announce_leave);
+        assert_eq!(c.max_room_peers, usize::MAX);
+        let c = run(&["--rooms", "token"]).unwrap();
+        assert!(c.announce_leave);
+        assert_eq!(c.max_room_peers, 4);
+        let c = run(&["--rooms", "token", "--announce-leave", "false"]).unwrap();
+        assert!(!c.announce_leave);
+    }
+
+    #[test]
+    fn bad_values_give_one_line_naming_the_flag() {
+        let e = run(&["--port", "nine"]).unwrap_err();
+        assert!(
+            e.contains("--port") && e.contains("nine") && !e.contains('\n'),
+            "{e}"
+        );
+        let e = run(&["--alive-timeout", "soon"]).unwrap_err();
+        assert!(e.contains("--alive-timeout") && e.contains("soon"), "{e}");
+        let e = run(&["--sslkey", "k.pem"]).unwrap_err();
+        assert!(e.contains("--sslcert"), "{e}");
+        let e = run(&["--rooms", "token", "--max-room-peers", "1"]).unwrap_err();
+        assert!(e.contains("--max-room-peers"), "{e}");
+    }
+
+    #[test]
+    fn config_file_is_below_flags() {
+        let dir = std::env::temp_dir().join(format!("peerjsd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("peerjsd.toml");
+        std::fs::write(&file, "port = 9100\nkey = \"fromfile\"\nalive-timeout = \"30s\"\ncors = [\"http://x\"]\nallow-discovery = true\n").unwrap();
+        let f = file.to_str().unwrap();
+        let c = run(&["--config", f, "--key", "fromflag"]).unwrap();
+        assert_eq!(c.port, 9100);
+        assert_eq!(c.key, "fromflag");
+        assert_eq!(c.alive_timeout, Duration::from_secs(30));
+        assert_eq!(c.cors, ["http://x"]);
+        assert!(c.allow_discovery);
+        std::fs::write(&file, "prot = 1\n").unwrap();
+        let e = run(&["--config", f]).unwrap_err();
+        assert!(e.contains("unknown key 'prot'"), "{e}");
+        std::fs::write(&file, "port = \"x\"\n").unwrap();
+        let e = run(&["--config", f]).unwrap_err();
+        assert!(e.contains("--port"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

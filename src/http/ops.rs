@@ -1,0 +1,89 @@
+//! Operations endpoints at the server root: `/health` and `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use axum::routing::get;
+
+use crate::state::Shared;
+
+/// `/health` and `/metrics`.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `{"status":"ok"|"draining","timestamp":<ms>,"version":…}`; 503 while draining.
+pub async fn health(State(shared): State<Arc<Shared>>) -> Response<Body> {
+    let draining = shared.draining.load(Ordering::Acquire);
+    let (status, text) = if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    let body = format!(
+        r#"{{"status":"{text}","timestamp":{},"version":"{}"}}"#,
+        now_ms(),
+        env!("CARGO_PKG_VERSION")
+    );
+    json(status, body)
+}
+
+/// Prometheus text when the scraper asks for it (Accept names `text/plain` or
+/// `application/openmetrics-text`), else the JSON summary.
+pub async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response<Body> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/openmetrics-text") || accept.contains("text/plain") {
+        let content_type = if accept.contains("application/openmetrics-text") {
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        } else {
+            "text/plain; version=0.0.4; charset=utf-8"
+        };
+        let mut response = Response::new(Body::from(shared.metrics.encode_text()));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        return response;
+    }
+    #[derive(serde::Serialize)]
+    struct Body {
+        status: &'static str,
+        timestamp: u64,
+        metrics: crate::metrics::Summary,
+    }
+    let draining = shared.draining.load(Ordering::Acquire);
+    let body = Body {
+        status: if draining { "draining" } else { "ok" },
+        timestamp: now_ms() as u64,
+        metrics: shared.metrics.summary(),
+    };
+    json(
+        StatusCode::OK,
+        serde_json::to_string(&body).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,100 @@
+//! peerjsd: a PeerJS signaling server.
+//!
+//! # Layout
+//!
+//! - [`config`]: command line, environment and config file, validated once into [`Config`].
+//! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server frames.
+//! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes.
+//! - [`ws`]: the WebSocket upgrade checks and the per-socket session task.
+//! - [`room`]: the room actors (one task owns each room's members and offline queue) and the
+//!   registry that finds them. Global mode is a single room.
+//! - [`metrics`]: counters and gauges, JSON and Prometheus text.
+//! - [`state`]: what the parts share (config, metrics, registry, limits, shutdown).
+//!
+//! # Tasks
+//!
+//! One accept loop per listener; one task per HTTP connection until it upgrades; one task per
+//! WebSocket (its only reader and writer); one actor per room. Every channel is bounded and
+//! every task is spawned on the shutdown [`TaskTracker`](tokio_util::task::TaskTracker) and
+//! ends on the shutdown token, so [`Server::run`] can wait for all of them.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod state;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use state::Shared;
+
+/// A server ready to run: its state exists, so tests can watch metrics and rooms.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+/// How a run ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Some tasks were still running when `--shutdown-timeout` passed.
+    #[error("shutdown timed out after {0:?} with {1} tasks still running")]
+    DrainTimeout(std::time::Duration, usize),
+}
+
+impl Server {
+    /// A server with this configuration.
+    pub fn new(config: Config) -> Self {
+        Server {
+            shared: Arc::new(Shared::new(config)),
+        }
+    }
+
+    /// The shared state (metrics, rooms, configuration).
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then drains: `/health` turns 503, the
+    /// listener stops accepting, every socket is closed with 1001, and this returns once all
+    /// tasks ended, or with [`RunError::DrainTimeout`] after `--shutdown-timeout`.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        let shared = self.shared;
+        let router = http::router(Arc::clone(&shared));
+        shared
+            .shutdown
+            .tracker
+            .spawn(http::accept_loop(listener, Arc::clone(&shared), router));
+
+        shutdown.await;
+        tracing::info!(peers = shared.peer_count(), "shutting down");
+        shared.draining.store(true, Ordering::Release);
+        shared.shutdown.token.cancel();
+        shared.shutdown.tracker.close();
+        let deadline = shared.config.shutdown_timeout;
+        match tokio::time::timeout(deadline, shared.shutdown.tracker.wait()).await {
+            Ok(()) => {
+                tracing::info!("shutdown complete");
+                Ok(())
+            }
+            Err(_) => Err(RunError::DrainTimeout(
+                deadline,
+                shared.shutdown.tracker.len(),
+            )),
+        }
+    }
+}

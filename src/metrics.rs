@@ -1,0 +1,402 @@
+//! Counters and gauges, served at `/metrics` as JSON or Prometheus text.
+//!
+//! Every metric is registered once at start-up; labels come only from the small fixed enums
+//! below (never a room, token or peer id), and each labelled series is resolved to its own
+//! handle up front, so recording on the hot path is one atomic add.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::protocol::MessageType;
+
+/// Declares a label enum with its wire names and the list of all variants.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant,)* }
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// Why an inbound message was not delivered.
+    DropReason {
+        /// Over the sender's rate limit.
+        RateLimited => "rate_limited",
+        /// Not JSON, not an object, or a `dst` that is not a string.
+        Malformed => "malformed",
+        /// A binary frame (the protocol is text only).
+        Binary => "binary",
+        /// Past `--max-message-size` (the socket is closed too).
+        TooLarge => "too_large",
+        /// The offline queue for the destination (or all queues) was full: EXPIRE sent at once.
+        QueueOverflow => "queue_overflow",
+        /// Waited in the offline queue until it expired: EXPIRE sent.
+        Expired => "expired",
+        /// The destination's outbound queue was full: the destination was closed.
+        SlowReader => "slow_reader",
+        /// LEAVE/EXPIRE to a peer that is not connected, or a message with no `dst`.
+        Undeliverable => "undeliverable",
+    }
+}
+
+label_enum! {
+    /// Why a connection attempt was refused.
+    Rejection {
+        /// Not a valid WebSocket upgrade, or the wrong path.
+        BadRequest => "bad_request",
+        /// Origin not in the allow-list.
+        Origin => "origin",
+        /// Too many sockets from one IP.
+        PerIp => "per_ip",
+        /// `id`, `token` or `key` missing.
+        MissingParams => "missing_params",
+        /// Wrong key.
+        InvalidKey => "invalid_key",
+        /// Id, token or key of the wrong shape or length.
+        InvalidName => "invalid_name",
+        /// The id is held by a live peer.
+        IdTaken => "id_taken",
+        /// The room is full.
+        RoomFull => "room_full",
+        /// `--concurrent-limit` reached.
+        ServerFull => "server_full",
+    }
+}
+
+label_enum! {
+    /// Why an admitted peer's socket ended.
+    CloseReason {
+        /// The client closed or the connection dropped.
+        ClientGone => "client_gone",
+        /// Nothing received for `--alive-timeout`.
+        AliveTimeout => "alive_timeout",
+        /// The same id connected again and took over.
+        Replaced => "replaced",
+        /// A duplicate id's newcomer found this socket dead (no pong) and evicted it.
+        ProbeFailed => "probe_failed",
+        /// The client sent LEAVE without `dst`.
+        Left => "left",
+        /// Its outbound queue filled up.
+        SlowReader => "slow_reader",
+        /// Stayed over the rate limit.
+        RateLimited => "rate_limited",
+        /// Kept sending unusable frames.
+        Malformed => "malformed",
+        /// A message over `--max-message-size`.
+        TooLarge => "too_large",
+        /// Invalid UTF-8 or another WebSocket protocol error.
+        ProtocolError => "protocol_error",
+        /// The server is shutting down.
+        Shutdown => "shutdown",
+    }
+}
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// All of the server's metrics. One instance per server, shared by `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    /// Peers admitted and not yet gone.
+    pub peers: Gauge,
+    /// Room actors alive.
+    pub rooms: Gauge,
+    /// WebSocket upgrades accepted.
+    pub connections_accepted: Counter,
+    rejected: Vec<Counter>,
+    closed: Vec<Counter>,
+    relayed: Vec<Counter>,
+    dropped: Vec<Counter>,
+    /// Inbound frames read from peers, of any kind.
+    pub received: Counter,
+    /// Messages waiting in offline queues.
+    pub queued_messages: Gauge,
+    /// Bytes waiting in offline queues.
+    pub queued_bytes: Gauge,
+    /// Seconds from reading a message to handing it to the destination's writer.
+    pub relay_latency: Histogram,
+    /// Last sample for the JSON rates: (when, relayed, errors) and the rates it produced.
+    rate_sample: Mutex<RateSample>,
+    start: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct RateSample {
+    at: Instant,
+    messages: u64,
+    errors: u64,
+    messages_per_second: f64,
+    error_rate: f64,
+}
+
+/// The JSON figures of `/metrics` (SPEC §1).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Room actors alive.
+    pub active_rooms: i64,
+    /// Peers connected.
+    pub active_peers: i64,
+    /// Messages relayed per second over the last sampling window.
+    pub messages_per_second: f64,
+    /// Dropped messages and refused connections per inbound message or connection attempt.
+    pub error_rate: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("peerjs");
+        let peers = Gauge::default();
+        registry.register("peers", "Peers connected and registered", peers.clone());
+        let rooms = Gauge::default();
+        registry.register(
+            "rooms",
+            "Rooms with at least one peer (global mode: 0 or 1)",
+            rooms.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "WebSocket upgrades accepted",
+            connections_accepted.clone(),
+        );
+        let rejected = family(
+            &mut registry,
+            "connections_rejected",
+            "Connection attempts refused, by reason",
+            "reason",
+            Rejection::ALL.iter().map(|r| r.as_str()),
+        );
+        let closed = family(
+            &mut registry,
+            "sessions_closed",
+            "Admitted sockets that ended, by reason",
+            "reason",
+            CloseReason::ALL.iter().map(|r| r.as_str()),
+        );
+        let relayed = family(
+            &mut registry,
+            "messages_relayed",
+            "Messages delivered to a connected peer (including queued ones), by type",
+            "type",
+            MessageType::ALL.iter().map(|t| t.as_str()),
+        );
+        let dropped = family(
+            &mut registry,
+            "messages_dropped",
+            "Messages not delivered, by reason",
+            "reason",
+            DropReason::ALL.iter().map(|r| r.as_str()),
+        );
+        let received = Counter::default();
+        registry.register(
+            "messages_received",
+            "Frames read from peers",
+            received.clone(),
+        );
+        let queued_messages = Gauge::default();
+        registry.register(
+            "offline_queue_messages",
+            "Messages waiting for a peer that is not connected",
+            queued_messages.clone(),
+        );
+        let queued_bytes = Gauge::default();
+        registry.register_with_unit(
+            "offline_queue",
+            "Bytes waiting for a peer that is not connected",
+            Unit::Bytes,
+            queued_bytes.clone(),
+        );
+        let relay_latency = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
+        registry.register_with_unit(
+            "relay_latency",
+            "Time from reading a message to queueing it for the destination's socket",
+            Unit::Seconds,
+            relay_latency.clone(),
+        );
+        let now = Instant::now();
+        Metrics {
+            registry,
+            peers,
+            rooms,
+            connections_accepted,
+            rejected,
+            closed,
+            relayed,
+            dropped,
+            received,
+            queued_messages,
+            queued_bytes,
+            relay_latency,
+            rate_sample: Mutex::new(RateSample {
+                at: now,
+                messages: 0,
+                errors: 0,
+                messages_per_second: 0.0,
+                error_rate: 0.0,
+            }),
+            start: now,
+        }
+    }
+
+    /// Counts a refused connection attempt.
+    pub fn reject(&self, why: Rejection) {
+        self.rejected[why as usize].inc();
+    }
+
+    /// Counts an ended session.
+    pub fn close(&self, why: CloseReason) {
+        self.closed[why as usize].inc();
+    }
+
+    /// Counts a delivered message.
+    pub fn relay(&self, kind: MessageType) {
+        self.relayed[kind.index()].inc();
+    }
+
+    /// Counts `n` undelivered messages.
+    pub fn drop_messages(&self, why: DropReason, n: u64) {
+        self.dropped[why as usize].inc_by(n);
+    }
+
+    /// Current value of a drop counter (tests and the JSON summary).
+    pub fn dropped(&self, why: DropReason) -> u64 {
+        self.dropped[why as usize].get()
+    }
+
+    /// Current value of a rejection counter.
+    pub fn rejected(&self, why: Rejection) -> u64 {
+        self.rejected[why as usize].get()
+    }
+
+    /// Current value of a close counter.
+    pub fn closed(&self, why: CloseReason) -> u64 {
+        self.closed[why as usize].get()
+    }
+
+    /// Messages delivered, all types.
+    pub fn relayed_total(&self) -> u64 {
+        self.relayed.iter().map(Counter::get).sum()
+    }
+
+    fn errors_total(&self) -> u64 {
+        self.dropped.iter().map(Counter::get).sum::<u64>()
+            + self.rejected.iter().map(Counter::get).sum::<u64>()
+    }
+
+    /// The JSON figures. Rates are over the time since the previous sample, resampled at most
+    /// once a second, so scrapes never cost more than a few atomic loads.
+    pub fn summary(&self) -> Summary {
+        let now = Instant::now();
+        let messages = self.relayed_total();
+        let errors = self.errors_total();
+        let mut sample = match self.rate_sample.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let elapsed = now.duration_since(sample.at);
+        if elapsed >= Duration::from_secs(1) {
+            let secs = elapsed.as_secs_f64();
+            let new_messages = messages.saturating_sub(sample.messages);
+            let new_errors = errors.saturating_sub(sample.errors);
+            *sample = RateSample {
+                at: now,
+                messages,
+                errors,
+                messages_per_second: new_messages as f64 / secs,
+                error_rate: if new_messages + new_errors == 0 {
+                    0.0
+                } else {
+                    new_errors as f64 / (new_messages + new_errors) as f64
+                },
+            };
+        }
+        Summary {
+            active_rooms: self.rooms.get(),
+            active_peers: self.peers.get(),
+            messages_per_second: sample.messages_per_second,
+            error_rate: sample.error_rate,
+        }
+    }
+
+    /// Seconds since the server started.
+    pub fn uptime(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode_text(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Registers a counter family and resolves each label value to its own handle, in order.
+fn family<'a>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: impl Iterator<Item = &'static str> + 'a,
+) -> Vec<Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    values
+        .map(|v| family.get_or_create_owned(&[(label, v)]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_series_with_zero() {
+        let m = Metrics::new();
+        m.drop_messages(DropReason::RateLimited, 3);
+        m.reject(Rejection::RoomFull);
+        m.relay(MessageType::Offer);
+        let text = m.encode_text();
+        assert!(
+            text.contains("peerjs_messages_dropped_total{reason=\"rate_limited\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("peerjs_messages_dropped_total{reason=\"slow_reader\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("peerjs_connections_rejected_total{reason=\"room_full\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("peerjs_messages_relayed_total{type=\"OFFER\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("peerjs_peers 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,583 @@
+//! The PeerJS wire protocol: what clients send, what the server sends back.
+//!
+//! A leaf module with no I/O. Shapes and texts are exactly peerjs-server 1.0.2's
+//! (`reference/peerjs-protocol.md` §1–§3):
+//!
+//! * Inbound frames are JSON objects; only `type`, `dst` and `payload` matter. `src` is
+//!   ignored (the server stamps its own), other fields are dropped, and the payload is kept
+//!   as the raw bytes the client sent: it is never parsed into a value or re-serialised.
+//! * Duplicate keys resolve like `JSON.parse`: the last one wins.
+//! * Outbound frames are built by hand in the reference's key order `type, src, dst, payload`.
+//!
+//! The session decides what to do with a [`ClientFrame`]; this module only reads and writes.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// `{"type":"OPEN"}`: sent once when a socket is admitted.
+pub const OPEN: &str = r#"{"type":"OPEN"}"#;
+
+/// Admission error texts, byte-for-byte those of peerjs-server (and our own additions).
+pub mod texts {
+    /// A query parameter among `id`, `token`, `key` is missing or empty.
+    pub const NO_ID_TOKEN_OR_KEY: &str = "No id, token, or key supplied to websocket server";
+    /// `key` differs from the configured key.
+    pub const INVALID_KEY: &str = "Invalid key provided";
+    /// The id is held by a live peer.
+    pub const ID_TAKEN: &str = "ID is taken";
+    /// `--concurrent-limit` reached.
+    pub const CONCURRENT_LIMIT: &str = "Server has reached its concurrent user limit";
+    /// Room mode: `--max-room-peers` reached.
+    pub const ROOM_FULL: &str = "Room is full";
+    /// The peer stayed over its message rate limit.
+    pub const RATE_LIMITED: &str = "Rate limit exceeded";
+    /// The id is not one the PeerJS client itself would accept, or is too long.
+    pub const INVALID_ID: &str =
+        "Invalid id: use 1-64 letters or digits, optionally separated by single '-', '_' or ' '";
+    /// The token is longer than the limit.
+    pub const TOKEN_TOO_LONG: &str = "Invalid token: at most 64 characters";
+    /// The key is longer than the limit.
+    pub const KEY_TOO_LONG: &str = "Invalid key: at most 64 characters";
+}
+
+/// Longest id, token or key the server accepts (SPEC §4).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The message types the server dispatches on. Anything else is ignored (reference §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// Keep-alive from the client; never forwarded.
+    Heartbeat,
+    /// WebRTC offer, relayed or queued.
+    Offer,
+    /// WebRTC answer, relayed or queued.
+    Answer,
+    /// ICE candidate, relayed or queued.
+    Candidate,
+    /// Relayed if `dst` is connected; without `dst` the sender leaves.
+    Leave,
+    /// Relayed if `dst` is connected, never queued.
+    Expire,
+}
+
+impl MessageType {
+    /// Every type, for metrics registration.
+    pub const ALL: [MessageType; 6] = [
+        MessageType::Heartbeat,
+        MessageType::Offer,
+        MessageType::Answer,
+        MessageType::Candidate,
+        MessageType::Leave,
+        MessageType::Expire,
+    ];
+
+    /// Exact, case-sensitive match as the reference's handler registry does.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "HEARTBEAT" => Self::Heartbeat,
+            "OFFER" => Self::Offer,
+            "ANSWER" => Self::Answer,
+            "CANDIDATE" => Self::Candidate,
+            "LEAVE" => Self::Leave,
+            "EXPIRE" => Self::Expire,
+            _ => return None,
+        })
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Heartbeat => "HEARTBEAT",
+            Self::Offer => "OFFER",
+            Self::Answer => "ANSWER",
+            Self::Candidate => "CANDIDATE",
+            Self::Leave => "LEAVE",
+            Self::Expire => "EXPIRE",
+        }
+    }
+
+    /// Whether a message of this type to an offline peer waits in the queue (reference §3).
+    pub fn is_queued_when_offline(self) -> bool {
+        matches!(self, Self::Offer | Self::Answer | Self::Candidate)
+    }
+
+    /// Index for per-type metric arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The `dst` field as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dst<'a> {
+    /// Absent, `null` or the empty string: the reference treats all three as "no dst".
+    Missing,
+    /// A non-empty string.
+    Id(Cow<'a, str>),
+    /// A number, object, array or boolean: it can never name a connected peer.
+    NotAString,
+}
+
+/// A parsed inbound frame. Borrows from the frame text; owns nothing it does not have to.
+#[derive(Debug)]
+pub struct ClientFrame<'a> {
+    /// `None` when `type` is missing, not a string, or not one of the dispatched types.
+    pub kind: Option<MessageType>,
+    /// Where the message goes.
+    pub dst: Dst<'a>,
+    /// The payload exactly as sent, if present.
+    pub payload: Option<&'a RawValue>,
+}
+
+/// Why an inbound text frame could not be used at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Not valid JSON.
+    #[error("malformed JSON")]
+    Malformed,
+    /// Valid JSON that is not an object (`null`, a number, a string, an array).
+    #[error("JSON that is not an object")]
+    NotAnObject,
+}
+
+/// Parses one inbound text frame.
+pub fn parse_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let frame = match de.deserialize_any(FrameVisitor) {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(FrameError::NotAnObject),
+        Err(_) => return Err(FrameError::Malformed),
+    };
+    // Trailing garbage after the object makes the whole frame invalid, as in JSON.parse.
+    de.end().map_err(|_| FrameError::Malformed)?;
+    Ok(frame)
+}
+
+/// Visits the top-level value: an object becomes a frame, anything else `None`.
+struct FrameVisitor;
+
+impl<'de> Visitor<'de> for FrameVisitor {
+    type Value = Option<ClientFrame<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut frame = ClientFrame {
+            kind: None,
+            dst: Dst::Missing,
+            payload: None,
+        };
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Type => frame.kind = map.next_value::<Loose>()?.into_type(),
+                Field::Dst => frame.dst = map.next_value::<Loose>()?.into_dst(),
+                Field::Payload => frame.payload = Some(map.next_value::<&RawValue>()?),
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(frame))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// The keys we care about. Keys may contain escapes, so both borrowed and owned forms match.
+enum Field {
+    Type,
+    Dst,
+    Payload,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Field, E> {
+                Ok(match key {
+                    "type" => Field::Type,
+                    "dst" => Field::Dst,
+                    "payload" => Field::Payload,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_str(FieldVisitor)
+    }
+}
+
+/// A value that is either a string (borrowed when it has no escapes) or something else.
+enum Loose<'a> {
+    Str(Cow<'a, str>),
+    Null,
+    Other,
+}
+
+impl<'a> Loose<'a> {
+    fn into_type(self) -> Option<MessageType> {
+        match self {
+            Loose::Str(s) => MessageType::parse(&s),
+            Loose::Null | Loose::Other => None,
+        }
+    }
+
+    fn into_dst(self) -> Dst<'a> {
+        match self {
+            Loose::Str(s) if s.is_empty() => Dst::Missing,
+            Loose::Str(s) => Dst::Id(s),
+            Loose::Null => Dst::Missing,
+            Loose::Other => Dst::NotAString,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Loose<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct LooseVisitor;
+        impl<'de> Visitor<'de> for LooseVisitor {
+            type Value = Loose<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+        }
+        d.deserialize_any(LooseVisitor)
+    }
+}
+
+/// Appends `s` as a JSON string literal, escaped as `JSON.stringify` does.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// A relayed message: `{"type":T,"src":S,"dst":D[,"payload":P]}` with `P` byte-for-byte.
+pub fn relay_frame(kind: MessageType, src: &str, dst: &str, payload: Option<&RawValue>) -> String {
+    let payload_len = payload.map_or(0, |p| p.get().len() + 12);
+    let mut out = String::with_capacity(40 + src.len() + dst.len() + payload_len);
+    out.push_str(r#"{"type":""#);
+    out.push_str(kind.as_str());
+    out.push_str(r#"","src":"#);
+    push_json_str(&mut out, src);
+    out.push_str(r#","dst":"#);
+    push_json_str(&mut out, dst);
+    if let Some(payload) = payload {
+        out.push_str(r#","payload":"#);
+        out.push_str(payload.get());
+    }
+    out.push('}');
+    out
+}
+
+/// `{"type":"EXPIRE","src":<unreachable>,"dst":<sender>}` (reference §3).
+pub fn expire_frame(unreachable: &str, sender: &str) -> String {
+    relay_frame(MessageType::Expire, unreachable, sender, None)
+}
+
+/// `{"type":"LEAVE","src":<leaver>,"dst":<member>}` (room mode announcements).
+pub fn leave_frame(leaver: &str, member: &str) -> String {
+    relay_frame(MessageType::Leave, leaver, member, None)
+}
+
+/// `{"type":"ERROR","payload":{"msg":<text>}}`.
+pub fn error_frame(msg: &str) -> String {
+    let mut out = String::with_capacity(40 + msg.len());
+    out.push_str(r#"{"type":"ERROR","payload":{"msg":"#);
+    push_json_str(&mut out, msg);
+    out.push_str("}}");
+    out
+}
+
+/// `{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}`.
+pub fn id_taken_frame() -> String {
+    format!(
+        r#"{{"type":"ID-TAKEN","payload":{{"msg":"{}"}}}}"#,
+        texts::ID_TAKEN
+    )
+}
+
+/// The query parameters of the signaling URL, decoded as WHATWG `URLSearchParams` does
+/// (percent-decoding, `+` as space, the last duplicate wins). Other parameters are ignored.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnectParams {
+    /// The peer id the client asks for.
+    pub id: String,
+    /// The client's secret for reconnects; the room name in room mode.
+    pub token: String,
+    /// Must equal the configured key.
+    pub key: String,
+}
+
+impl ConnectParams {
+    /// Parses a raw query string (without the `?`).
+    pub fn from_query(query: &str) -> Self {
+        let mut params = Self::default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match name.as_ref() {
+                "id" => &mut params.id,
+                "token" => &mut params.token,
+                "key" => &mut params.key,
+                _ => continue,
+            };
+            *slot = value.into_owned();
+        }
+        params
+    }
+}
+
+/// Whether `id` is one the PeerJS client accepts (`lib/utils/validateId.ts`): alphanumerics,
+/// optionally in groups joined by one `-`, `_` or space; and at most [`MAX_NAME_LEN`] bytes.
+pub fn is_valid_id(id: &str) -> bool {
+    if id.is_empty() || id.len() > MAX_NAME_LEN {
+        return false;
+    }
+    let mut after_separator = true; // the first character must be alphanumeric
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() {
+            after_separator = false;
+        } else if matches!(b, b'-' | b'_' | b' ') && !after_separator {
+            after_separator = true;
+        } else {
+            return false;
+        }
+    }
+    !after_separator
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_peerjs_offer_and_keeps_the_payload_raw() {
+        let text = r#"{"type":"OFFER","payload":{ "sdp" : {"type":"offer","sdp":"v=0\r\n"},"type":"data","connectionId":"dc_1"},"dst":"bob"}"#;
+        let frame = parse_frame(text).unwrap();
+        assert_eq!(frame.kind, Some(MessageType::Offer));
+        assert_eq!(frame.dst, Dst::Id(Cow::Borrowed("bob")));
+        assert_eq!(
+            frame.payload.unwrap().get(),
+            r#"{ "sdp" : {"type":"offer","sdp":"v=0\r\n"},"type":"data","connectionId":"dc_1"}"#
+        );
+    }
+
+    #[test]
+    fn last_duplicate_key_wins_like_json_parse() {
+        let frame =
+            parse_frame(r#"{"type":"HEARTBEAT","dst":"a","type":"ANSWER","dst":"b"}"#).unwrap();
+        assert_eq!(frame.kind, Some(MessageType::Answer));
+        assert_eq!(frame.dst, Dst::Id(Cow::Borrowed("b")));
+    }
+
+    #[test]
+    fn escaped_keys_and_values_are_decoded() {
+        let frame = parse_frame(r#"{"ty\u0070e":"CANDIDATE","dst":"b\u00f6b"}"#).unwrap();
+        assert_eq!(frame.kind, Some(MessageType::Candidate));
+        assert_eq!(frame.dst, Dst::Id(Cow::Owned("böb".into())));
+    }
+
+    #[test]
+    fn odd_types_and_destinations() {
+        let frame = parse_frame(r#"{"type":7,"dst":12,"src":"spoof"}"#).unwrap();
+        assert_eq!(frame.kind, None);
+        assert_eq!(frame.dst, Dst::NotAString);
+        let frame = parse_frame(r#"{"type":"offer","dst":""}"#).unwrap();
+        assert_eq!(frame.kind, None, "type match is case-sensitive");
+        assert_eq!(frame.dst, Dst::Missing);
+        let frame = parse_frame(r#"{"type":"LEAVE","dst":null}"#).unwrap();
+        assert_eq!(frame.dst, Dst::Missing);
+        assert!(frame.payload.is_none());
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_object() {
+        for text in ["", "{", "nul", r#"{"type":"OFFER"} x"#, "{\"a\":1,}"] {
+            assert_eq!(
+                parse_frame(text).unwrap_err(),
+                FrameError::Malformed,
+                "{text}"
+            );
+        }
+        for text in ["null", "1", "\"OFFER\"", "[1,{\"type\":\"OFFER\"}]", "true"] {
+            assert_eq!(
+                parse_frame(text).unwrap_err(),
+                FrameError::NotAnObject,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_never_overflows_the_stack() {
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        // The payload is skipped, not parsed: any depth passes through untouched.
+        let text = format!(r#"{{"type":"OFFER","dst":"b","payload":{deep}}}"#);
+        let frame = parse_frame(&text)
+            .map_err(|e| e.to_string())
+            .map(|f| f.payload.map(|p| p.get().len()));
+        assert_eq!(frame, Ok(Some(deep.len())));
+        // Ignored values are skipped too; whatever the verdict, nothing recurses 100,000 deep.
+        for text in [format!(r#"{{"x":{deep}}}"#), format!(r#"{{"dst":{deep}}}"#)] {
+            let _ = parse_frame(&text).map(|f| f.kind);
+        }
+        assert!(parse_frame(&deep).is_err());
+    }
+
+    #[test]
+    fn server_frames_match_the_reference_bytes() {
+        assert_eq!(OPEN, r#"{"type":"OPEN"}"#);
+        assert_eq!(
+            error_frame(texts::INVALID_KEY),
+            r#"{"type":"ERROR","payload":{"msg":"Invalid key provided"}}"#
+        );
+        assert_eq!(
+            id_taken_frame(),
+            r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#
+        );
+        assert_eq!(
+            expire_frame("gone", "me"),
+            r#"{"type":"EXPIRE","src":"gone","dst":"me"}"#
+        );
+        let payload = RawValue::from_string(r#"{"x": [1, 2.50]}"#.into()).unwrap();
+        assert_eq!(
+            relay_frame(MessageType::Offer, "a\"b", "c\u{1}", Some(&payload)),
+            r#"{"type":"OFFER","src":"a\"b","dst":"c\u0001","payload":{"x": [1, 2.50]}}"#
+        );
+    }
+
+    #[test]
+    fn json_strings_round_trip() {
+        for s in ["plain", "quote\" back\\ nl\n tab\t \u{7f} é 😀 \u{0}\u{1f}"] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn query_decoding_is_urlsearchparams() {
+        let p = ConnectParams::from_query("key=peerjs&id=first&token=t+1&id=E%20x&version=1.5.5");
+        assert_eq!(p.id, "E x");
+        assert_eq!(p.token, "t 1");
+        assert_eq!(p.key, "peerjs");
+        assert_eq!(
+            ConnectParams::from_query("id=%FF"),
+            ConnectParams {
+                id: "\u{fffd}".into(),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn id_grammar_is_the_clients() {
+        for ok in [
+            "a",
+            "A1",
+            "a-b",
+            "a_b c",
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+        ] {
+            assert!(is_valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a--b",
+            "a b_",
+            "é",
+            "a.b",
+            "null\u{0}",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+        assert!(is_valid_id(&"x".repeat(64)));
+    }
+}

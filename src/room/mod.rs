@@ -1,0 +1,220 @@
+//! Rooms: who is connected, and the messages waiting for those who are not.
+//!
+//! A room is one [`actor::RoomActor`] task that alone owns the room's members, its offline
+//! queue and its queue deadlines. Sessions talk to it through a [`RoomHandle`] (a bounded
+//! mailbox of [`RoomCmd`]s); it answers joins on a `oneshot` and writes to members only with
+//! `try_send` on their bounded outbound queues, so a slow peer can never stall a room.
+//!
+//! In global mode the whole server is one room (key `""`); in token mode the token names
+//! the room. [`registry::RoomRegistry`] maps keys to live actors, spawning on first join and
+//! forgetting a room when its actor ends (no members and nothing queued).
+
+pub mod actor;
+pub mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::metrics::CloseReason;
+use crate::protocol::MessageType;
+
+/// Mailbox size of a room actor.
+pub const ROOM_MAILBOX: usize = 1024;
+
+/// Identifies one socket's registration, so a stale socket's departure cannot remove a
+/// newer registration of the same id (reference bug §11.2).
+pub type ConnId = u64;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A connection number never used before in this process.
+pub fn next_conn_id() -> ConnId {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What a room hands to a member's session, through its bounded outbound queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A text frame to write.
+    Frame(Utf8Bytes),
+    /// "Are you alive?": send a WebSocket ping; answer on the sender when anything arrives.
+    Probe(oneshot::Sender<()>),
+}
+
+/// The room's end of a member's session.
+#[derive(Debug)]
+pub struct PeerLink {
+    /// This registration.
+    pub conn: ConnId,
+    /// The session's outbound queue; the room only ever `try_send`s on it.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Tells the session to close, and why. Used when the room drops a member the session
+    /// did not ask to remove (take-over, slow reader, failed probe).
+    pub kill: oneshot::Sender<CloseReason>,
+}
+
+/// The session's end of its link.
+#[derive(Debug)]
+pub struct SessionLink {
+    /// Frames and probes to write.
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Fires when the room drops this member.
+    pub kill: oneshot::Receiver<CloseReason>,
+}
+
+/// A fresh pair of link ends with an outbound queue of `capacity` frames.
+pub fn link(capacity: usize) -> (PeerLink, SessionLink) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let (kill_tx, kill_rx) = oneshot::channel();
+    (
+        PeerLink {
+            conn: next_conn_id(),
+            tx,
+            kill: kill_tx,
+        },
+        SessionLink { rx, kill: kill_rx },
+    )
+}
+
+/// A socket asking to be registered.
+#[derive(Debug)]
+pub struct JoinRequest {
+    /// The id it wants.
+    pub id: Arc<str>,
+    /// Its token (the reconnect secret in global mode, the room name in room mode).
+    pub token: Box<str>,
+    /// Where the room reaches it once admitted.
+    pub link: PeerLink,
+}
+
+/// Why a join was refused (each maps to an ERROR or ID-TAKEN frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A live peer holds the id.
+    IdTaken,
+    /// The room has `--max-room-peers` members.
+    RoomFull,
+    /// The server has `--concurrent-limit` peers.
+    ServerFull,
+}
+
+/// The room's answer to a join.
+#[derive(Debug)]
+pub enum JoinReply {
+    /// Registered; OPEN (and any queued messages) are already in the outbound queue.
+    Admitted,
+    /// Refused; the link was dropped.
+    Refused(Refusal),
+    /// The id is held by another socket that was just probed. If `alive` resolves in time,
+    /// the holder is alive (answer ID-TAKEN); otherwise send [`RoomCmd::TakeOver`] with the
+    /// request handed back here.
+    Probe {
+        /// The holder's registration.
+        holder: ConnId,
+        /// Resolves when the holder shows a sign of life; errors if it cannot be asked.
+        alive: oneshot::Receiver<()>,
+        /// The request, to retry with.
+        request: JoinRequest,
+    },
+    /// The room was closing; ask the registry again.
+    Retry,
+}
+
+/// A message for a room actor.
+#[derive(Debug)]
+pub enum RoomCmd {
+    /// Register a socket.
+    Join {
+        /// Who.
+        request: JoinRequest,
+        /// The answer.
+        reply: oneshot::Sender<JoinReply>,
+    },
+    /// The holder `stale` of the request's id failed its probe: replace it.
+    TakeOver {
+        /// The registration that failed to answer.
+        stale: ConnId,
+        /// Who takes its place.
+        request: JoinRequest,
+        /// The answer.
+        reply: oneshot::Sender<JoinReply>,
+    },
+    /// Deliver a message, or queue it if `dst` is offline.
+    Relay(Relay),
+    /// A member's socket ended.
+    Leave {
+        /// Its id.
+        id: Arc<str>,
+        /// Its registration; ignored if the id has since been registered again.
+        conn: ConnId,
+        /// Why (for logs and metrics).
+        reason: CloseReason,
+    },
+    /// List the members' ids in the order they joined.
+    ListPeers {
+        /// The answer.
+        reply: oneshot::Sender<Vec<Arc<str>>>,
+    },
+}
+
+/// One message to route.
+#[derive(Debug)]
+pub struct Relay {
+    /// The sender's id (for EXPIRE).
+    pub src: Arc<str>,
+    /// Its type.
+    pub kind: MessageType,
+    /// The destination id.
+    pub dst: Box<str>,
+    /// The complete outbound frame, `src` already stamped.
+    pub frame: Utf8Bytes,
+    /// When the session read it (for the relay latency histogram).
+    pub read_at: Instant,
+}
+
+/// A cheap, cloneable way to reach a room actor.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomCmd>,
+}
+
+impl RoomHandle {
+    /// Sends a command, waiting for mailbox space. Gives the command back if the room ended.
+    pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomCmd> {
+        self.tx.send(cmd).await.map_err(|e| e.0)
+    }
+
+    /// Asks to register. `None` if the room ended before answering: ask the registry for
+    /// the room again, with a fresh link.
+    pub async fn join(&self, request: JoinRequest) -> Option<JoinReply> {
+        let (reply, answer) = oneshot::channel();
+        self.send(RoomCmd::Join { request, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Asks to replace a holder that failed its probe. `None` as for [`Self::join`].
+    pub async fn take_over(&self, stale: ConnId, request: JoinRequest) -> Option<JoinReply> {
+        let (reply, answer) = oneshot::channel();
+        self.send(RoomCmd::TakeOver {
+            stale,
+            request,
+            reply,
+        })
+        .await
+        .ok()?;
+        answer.await.ok()
+    }
+
+    /// The members' ids, oldest first; empty if the room has ended.
+    pub async fn list_peers(&self) -> Vec<Arc<str>> {
+        let (reply, answer) = oneshot::channel();
+        if self.send(RoomCmd::ListPeers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+}

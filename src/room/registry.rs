@@ -1,0 +1,89 @@
+//! Room key → live room actor.
+//!
+//! The only shared map in the server besides metrics. Its lock is held for a hash-map
+//! operation at a time, never across an `.await`. A room actor that runs out of members
+//! removes itself here *and* closes its mailbox while holding the lock, so a session either
+//! finds the live actor or spawns a new one; a join that raced the closing gets
+//! [`super::JoinReply::Retry`] and comes back here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use super::RoomHandle;
+use super::actor::RoomActor;
+use crate::state::Shared;
+
+/// Identifies one actor incarnation, so an ending actor never removes its successor.
+pub type ActorId = u64;
+
+/// The registry of live rooms.
+#[derive(Debug, Default)]
+pub struct RoomRegistry {
+    rooms: Mutex<HashMap<Box<str>, (ActorId, RoomHandle)>>,
+    next_actor: std::sync::atomic::AtomicU64,
+}
+
+impl RoomRegistry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, (ActorId, RoomHandle)>> {
+        // A panic while holding this lock cannot leave the map inconsistent (each operation
+        // is a single insert/remove), so a poisoned lock is still usable.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The room's actor, spawning it if the room does not exist yet.
+    pub fn get_or_spawn(&self, key: &str, shared: &Arc<Shared>) -> RoomHandle {
+        let mut rooms = self.lock();
+        if let Some((_, handle)) = rooms.get(key) {
+            return handle.clone();
+        }
+        let actor_id = self
+            .next_actor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(super::ROOM_MAILBOX);
+        let handle = RoomHandle { tx };
+        rooms.insert(Box::from(key), (actor_id, handle.clone()));
+        shared.metrics.rooms.inc();
+        let actor = RoomActor::new(Box::from(key), actor_id, rx, Arc::clone(shared));
+        shared.shutdown.tracker.spawn(actor.run());
+        handle
+    }
+
+    /// The room's actor if the room exists.
+    pub fn get(&self, key: &str) -> Option<RoomHandle> {
+        self.lock().get(key).map(|(_, handle)| handle.clone())
+    }
+
+    /// Number of live rooms.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no room is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Called by an idle actor: removes it (if it is still the registered incarnation) and
+    /// closes its mailbox under the lock. Returns false if a join arrived in the meantime,
+    /// in which case the actor keeps running.
+    pub(super) fn retire(
+        &self,
+        key: &str,
+        actor: ActorId,
+        mailbox: &mut mpsc::Receiver<super::RoomCmd>,
+        shared: &Shared,
+    ) -> bool {
+        let mut rooms = self.lock();
+        if !mailbox.is_empty() {
+            return false;
+        }
+        if rooms.get(key).is_some_and(|(id, _)| *id == actor) {
+            rooms.remove(key);
+            shared.metrics.rooms.dec();
+        }
+        mailbox.close();
+        true
+    }
+}

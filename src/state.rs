@@ -1,0 +1,154 @@
+//! What every part of the server shares: configuration, metrics, the room registry, the
+//! server-wide limits' counters, and the shutdown signal.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::room::registry::RoomRegistry;
+
+/// Cancellation plus the set of tasks to wait for (axum does not track upgraded sockets).
+#[derive(Debug, Default, Clone)]
+pub struct Shutdown {
+    /// Cancelled when the server starts draining.
+    pub token: CancellationToken,
+    /// Every session, room actor and connection task.
+    pub tracker: TaskTracker,
+}
+
+/// Server-wide state, shared by `Arc`.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// All metrics.
+    pub metrics: Metrics,
+    /// Live rooms.
+    pub rooms: RoomRegistry,
+    /// Draining and task tracking.
+    pub shutdown: Shutdown,
+    /// Set when shutdown begins: `/health` answers 503.
+    pub draining: AtomicBool,
+    /// Registered peers, for `--concurrent-limit`.
+    peers: AtomicUsize,
+    /// Bytes in all offline queues, for `--max-queued-bytes`.
+    queued_bytes: AtomicUsize,
+    /// Open WebSocket sessions per client IP, for `--max-connections-per-ip`.
+    per_ip: DashMap<IpAddr, usize>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Shared {
+    /// Fresh state for a server with this configuration.
+    pub fn new(config: Config) -> Self {
+        Shared {
+            config,
+            metrics: Metrics::new(),
+            rooms: RoomRegistry::default(),
+            shutdown: Shutdown::default(),
+            draining: AtomicBool::new(false),
+            peers: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            per_ip: DashMap::new(),
+        }
+    }
+
+    /// Takes one of the `--concurrent-limit` slots, if any is free.
+    pub fn acquire_peer_slot(&self) -> bool {
+        let limit = self.config.concurrent_limit;
+        let ok = self
+            .peers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if ok {
+            self.metrics.peers.inc();
+        }
+        ok
+    }
+
+    /// Gives a slot back.
+    pub fn release_peer_slot(&self) {
+        self.peers.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.peers.dec();
+    }
+
+    /// Registered peers right now.
+    pub fn peer_count(&self) -> usize {
+        self.peers.load(Ordering::Acquire)
+    }
+
+    /// Reserves `bytes` of offline queue space, if the server-wide bound allows.
+    pub fn reserve_queue_bytes(&self, bytes: usize) -> bool {
+        let limit = self.config.max_queued_bytes;
+        let ok = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                n.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok();
+        if ok {
+            self.metrics.queued_bytes.inc_by(bytes as i64);
+            self.metrics.queued_messages.inc();
+        }
+        ok
+    }
+
+    /// Frees `messages` queued messages totalling `bytes`.
+    pub fn release_queue_bytes(&self, messages: usize, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.metrics.queued_bytes.dec_by(bytes as i64);
+        self.metrics.queued_messages.dec_by(messages as i64);
+    }
+
+    /// Counts a new socket from `ip` against `--max-connections-per-ip`. The returned guard
+    /// gives it back when dropped; `None` if the IP is at its limit.
+    pub fn admit_ip(self: &std::sync::Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        if let Some(limit) = self.config.max_connections_per_ip {
+            let mut count = self.per_ip.entry(ip).or_insert(0);
+            if *count >= limit {
+                return None;
+            }
+            *count += 1;
+        }
+        Some(IpGuard {
+            shared: std::sync::Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Open sockets from `ip` (for tests and metrics).
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).map_or(0, |c| *c)
+    }
+}
+
+/// One socket's place in the per-IP count.
+#[derive(Debug)]
+pub struct IpGuard {
+    shared: std::sync::Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        if self.shared.config.max_connections_per_ip.is_some() {
+            // Remove the entry when it reaches zero so the map never grows with past clients.
+            self.shared.per_ip.remove_if_mut(&self.ip, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+        }
+    }
+}

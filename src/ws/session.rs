@@ -1,0 +1,501 @@
+//! One task per socket, from admission to close.
+//!
+//! The task is the socket's only reader and only writer. It `select!`s over: the server's
+//! shutdown, its room's kill signal, its bounded outbound queue (written in batches with one
+//! flush), the next inbound frame, and its alive deadline. The deadline is lazy: each frame
+//! only records the time it arrived, and the timer, armed for `last_seen + alive_timeout`,
+//! re-arms itself when it fires early, so an active peer costs no timer work per frame and
+//! an idle one wakes once per timeout.
+//!
+//! Inbound frames are checked here, at the edge, before the room sees them: rate limit,
+//! shape, and `src` stamping. Only messages that need routing go to the room actor.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+use crate::config::RoomMode;
+use crate::metrics::{CloseReason, DropReason, Rejection};
+use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
+use crate::room::{
+    self, JoinReply, JoinRequest, Outbound, Refusal, Relay, RoomCmd, RoomHandle, SessionLink,
+};
+use crate::state::{IpGuard, Shared};
+
+/// Frames written per flush at most.
+const WRITE_BATCH: usize = 32;
+/// Unusable frames (malformed, binary) in a row before the peer is closed.
+const MAX_BAD_FRAMES_IN_A_ROW: u32 = 16;
+/// Rate-limit drops further apart than this start a new "over the limit" streak.
+const OVER_LIMIT_GAP: Duration = Duration::from_secs(1);
+/// How long to wait for the client's close frame after sending ours.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Attempts at joining a room that keeps closing under us (it cannot happen twice in a row
+/// unless the server is shutting down).
+const JOIN_ATTEMPTS: usize = 4;
+
+/// Where a socket came from, for limits and logs.
+#[derive(Debug)]
+pub struct Origin {
+    /// The client IP (from X-Forwarded-For with `--proxied`).
+    pub ip: IpAddr,
+    /// Its place in the per-IP count, released when the session ends.
+    pub guard: IpGuard,
+}
+
+/// Runs a socket from just after the HTTP 101 to its close.
+pub async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    params: ConnectParams,
+    shared: Arc<Shared>,
+    origin: Origin,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(admitted) = admit(&mut ws, params, &shared, origin.ip).await else {
+        return;
+    };
+    let session = Session::new(ws, admitted, Arc::clone(&shared));
+    let (id, reason, session_len) = session.run().await;
+    shared.metrics.close(reason);
+    tracing::info!(peer = %id, ip = %origin.ip, reason = reason.as_str(), seconds = session_len.as_secs(), "peer closed");
+    drop(origin.guard);
+}
+
+/// What admission produces: a registered peer.
+struct Admitted {
+    id: Arc<str>,
+    room: RoomHandle,
+    link: SessionLink,
+    conn: room::ConnId,
+}
+
+/// Validates the query, then registers with the room (reference §1.3 order). On refusal the
+/// client gets ERROR or ID-TAKEN and a close, and `None` is returned.
+async fn admit<S>(
+    ws: &mut WebSocketStream<S>,
+    params: ConnectParams,
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+) -> Option<Admitted>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &shared.config;
+    let refusal = if params.id.is_empty() || params.token.is_empty() || params.key.is_empty() {
+        Some((Rejection::MissingParams, texts::NO_ID_TOKEN_OR_KEY))
+    } else if params.key != config.key {
+        Some((Rejection::InvalidKey, texts::INVALID_KEY))
+    } else if !protocol::is_valid_id(&params.id) {
+        Some((Rejection::InvalidName, texts::INVALID_ID))
+    } else if params.token.len() > protocol::MAX_NAME_LEN {
+        Some((Rejection::InvalidName, texts::TOKEN_TOO_LONG))
+    } else {
+        None
+    };
+    if let Some((why, text)) = refusal {
+        refuse(ws, shared, ip, &params.id, why, protocol::error_frame(text)).await;
+        return None;
+    }
+
+    let room_key = match config.rooms {
+        RoomMode::Global => "",
+        RoomMode::Token => params.token.as_str(),
+    };
+    let id: Arc<str> = Arc::from(params.id.as_str());
+    for _ in 0..JOIN_ATTEMPTS {
+        let room = shared.rooms.get_or_spawn(room_key, shared);
+        let (peer_link, link) = room::link(config.outbound_queue);
+        let conn = peer_link.conn;
+        let request = JoinRequest {
+            id: Arc::clone(&id),
+            token: Box::from(params.token.as_str()),
+            link: peer_link,
+        };
+        let mut reply = room.join(request).await;
+        // A live-looking holder is probed; at most a couple of rounds if the id keeps moving.
+        for _ in 0..JOIN_ATTEMPTS {
+            let Some(JoinReply::Probe {
+                holder,
+                alive,
+                request,
+            }) = reply
+            else {
+                break;
+            };
+            if let Ok(Ok(())) = timeout(config.probe_timeout, alive).await {
+                reply = Some(JoinReply::Refused(Refusal::IdTaken));
+                drop(request);
+                break;
+            }
+            tracing::info!(peer = %id, "id holder did not answer a ping; taking the id over");
+            reply = room.take_over(holder, request).await;
+        }
+        match reply {
+            Some(JoinReply::Admitted) => {
+                shared.metrics.connections_accepted.inc();
+                match config.rooms {
+                    RoomMode::Token => {
+                        tracing::info!(peer = %id, room = %room_key, ip = %ip, "peer open")
+                    }
+                    RoomMode::Global => tracing::info!(peer = %id, ip = %ip, "peer open"),
+                }
+                return Some(Admitted {
+                    id,
+                    room,
+                    link,
+                    conn,
+                });
+            }
+            Some(JoinReply::Refused(refusal)) => {
+                let (why, frame) = match refusal {
+                    Refusal::IdTaken => (Rejection::IdTaken, protocol::id_taken_frame()),
+                    Refusal::RoomFull => {
+                        (Rejection::RoomFull, protocol::error_frame(texts::ROOM_FULL))
+                    }
+                    Refusal::ServerFull => (
+                        Rejection::ServerFull,
+                        protocol::error_frame(texts::CONCURRENT_LIMIT),
+                    ),
+                };
+                refuse(ws, shared, ip, &params.id, why, frame).await;
+                return None;
+            }
+            Some(JoinReply::Probe { .. }) | Some(JoinReply::Retry) | None => {
+                if shared.shutdown.token.is_cancelled() {
+                    break;
+                }
+            }
+        }
+    }
+    close(ws, CloseReason::Shutdown).await;
+    None
+}
+
+/// Sends the refusal frame, closes, and counts it.
+async fn refuse<S>(
+    ws: &mut WebSocketStream<S>,
+    shared: &Shared,
+    ip: IpAddr,
+    id: &str,
+    why: Rejection,
+    frame: String,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    shared.metrics.reject(why);
+    tracing::info!(peer = %id, ip = %ip, reason = why.as_str(), "peer refused");
+    let code = match why {
+        Rejection::RoomFull | Rejection::ServerFull => CloseCode::Again,
+        _ => CloseCode::Policy,
+    };
+    let sent = timeout(
+        CLOSE_HANDSHAKE,
+        ws.send(Message::Text(Utf8Bytes::from(frame))),
+    )
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        close_with(ws, code, why.as_str()).await;
+    }
+}
+
+/// Closes with the code and reason for `reason`, then waits briefly for the client's close.
+async fn close<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let code = match reason {
+        CloseReason::ClientGone => return,
+        CloseReason::Shutdown => CloseCode::Away,
+        CloseReason::AliveTimeout
+        | CloseReason::Replaced
+        | CloseReason::ProbeFailed
+        | CloseReason::Left => CloseCode::Normal,
+        CloseReason::SlowReader | CloseReason::RateLimited | CloseReason::Malformed => {
+            CloseCode::Policy
+        }
+        CloseReason::TooLarge => CloseCode::Size,
+        CloseReason::ProtocolError => CloseCode::Protocol,
+    };
+    let text = match reason {
+        CloseReason::Shutdown => "going away",
+        other => other.as_str(),
+    };
+    if reason == CloseReason::RateLimited {
+        // The one in-session ERROR: the client shows the reason, then the close follows.
+        let frame = Utf8Bytes::from(protocol::error_frame(texts::RATE_LIMITED));
+        if !matches!(
+            timeout(CLOSE_HANDSHAKE, ws.send(Message::Text(frame))).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+    close_with(ws, code, text).await;
+}
+
+async fn close_with<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = timeout(CLOSE_HANDSHAKE, async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        // Read until the client answers the close (or goes), so our last frames are not lost
+        // to a TCP reset.
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// A registered peer's socket.
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    id: Arc<str>,
+    conn: room::ConnId,
+    room: RoomHandle,
+    link: SessionLink,
+    shared: Arc<Shared>,
+    /// `None` when rate limiting is off.
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// Start of the current run of rate-limit drops, and the last drop.
+    over_limit: Option<(Instant, Instant)>,
+    /// Unusable frames since the last good one.
+    bad_in_a_row: u32,
+    /// When the last frame arrived (the alive deadline is this plus the alive timeout).
+    last_seen: Instant,
+    /// Probes waiting for a sign of life.
+    probes: Vec<oneshot::Sender<()>>,
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(ws: WebSocketStream<S>, admitted: Admitted, shared: Arc<Shared>) -> Self {
+        let limiter = shared
+            .config
+            .rate_limit
+            .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
+        Session {
+            ws,
+            id: admitted.id,
+            conn: admitted.conn,
+            room: admitted.room,
+            link: admitted.link,
+            shared,
+            limiter,
+            over_limit: None,
+            bad_in_a_row: 0,
+            last_seen: Instant::now(),
+            probes: Vec::new(),
+        }
+    }
+
+    /// Serves the socket; returns the id, why it ended and how long it lasted.
+    async fn run(mut self) -> (Arc<str>, CloseReason, Duration) {
+        let started = Instant::now();
+        let reason = self.serve().await;
+        // Free the id first, then say goodbye on the wire.
+        let leave = RoomCmd::Leave {
+            id: Arc::clone(&self.id),
+            conn: self.conn,
+            reason,
+        };
+        let _ = self.room.send(leave).await;
+        close(&mut self.ws, reason).await;
+        (self.id, reason, started.elapsed())
+    }
+
+    async fn serve(&mut self) -> CloseReason {
+        let alive_timeout = self.shared.config.alive_timeout;
+        let shutdown = self.shared.shutdown.token.clone();
+        let deadline = sleep_until(self.last_seen + alive_timeout);
+        tokio::pin!(deadline);
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                why = &mut self.link.kill => return why.unwrap_or(CloseReason::Shutdown),
+                n = self.link.rx.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        return CloseReason::Shutdown;
+                    }
+                    if let Err(why) = self.write(&mut batch).await {
+                        return why;
+                    }
+                }
+                frame = self.ws.next() => {
+                    if let Err(why) = self.read(frame).await {
+                        return why;
+                    }
+                }
+                _ = &mut deadline => {
+                    let due = self.last_seen + alive_timeout;
+                    if due <= Instant::now() {
+                        return CloseReason::AliveTimeout;
+                    }
+                    deadline.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    /// Writes a batch of outbound items with one flush. A socket that cannot take them is
+    /// raced against shutdown and the kill signal, so a stuck writer never outlives either.
+    async fn write(&mut self, batch: &mut Vec<Outbound>) -> Result<(), CloseReason> {
+        let ws = &mut self.ws;
+        let probes = &mut self.probes;
+        let io = async {
+            for item in batch.drain(..) {
+                match item {
+                    Outbound::Frame(frame) => ws.feed(Message::Text(frame)).await?,
+                    Outbound::Probe(reply) => {
+                        probes.push(reply);
+                        ws.feed(Message::Ping(Bytes::new())).await?;
+                    }
+                }
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            biased;
+            _ = self.shared.shutdown.token.cancelled() => Err(CloseReason::Shutdown),
+            why = &mut self.link.kill => Err(why.unwrap_or(CloseReason::Shutdown)),
+            result = io => result.map_err(|_| CloseReason::ClientGone),
+        }
+    }
+
+    /// Handles one inbound frame (or the end of the stream).
+    async fn read(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), CloseReason> {
+        let message = match frame {
+            None => return Err(CloseReason::ClientGone),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Err(self.read_error(error)),
+        };
+        self.last_seen = Instant::now();
+        for probe in self.probes.drain(..) {
+            let _ = probe.send(());
+        }
+        let metrics = &self.shared.metrics;
+        match message {
+            Message::Text(text) => {
+                metrics.received.inc();
+                if !self.within_rate_limit()? {
+                    return Ok(());
+                }
+                match protocol::parse_frame(&text) {
+                    Ok(frame) => {
+                        self.bad_in_a_row = 0;
+                        self.dispatch(frame).await
+                    }
+                    Err(_) => self.bad_frame(DropReason::Malformed),
+                }
+            }
+            Message::Binary(_) => {
+                metrics.received.inc();
+                if !self.within_rate_limit()? {
+                    return Ok(());
+                }
+                self.bad_frame(DropReason::Binary)
+            }
+            Message::Close(_) => Err(CloseReason::ClientGone),
+            // Pings are answered by tungstenite; pongs only prove liveness (done above).
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    fn read_error(&self, error: WsError) -> CloseReason {
+        match error {
+            WsError::Capacity(_) => {
+                self.shared.metrics.drop_messages(DropReason::TooLarge, 1);
+                CloseReason::TooLarge
+            }
+            WsError::Utf8(_) | WsError::Protocol(_) => CloseReason::ProtocolError,
+            _ => CloseReason::ClientGone,
+        }
+    }
+
+    /// Counts an unusable frame; closes the peer if it keeps sending them.
+    fn bad_frame(&mut self, why: DropReason) -> Result<(), CloseReason> {
+        self.shared.metrics.drop_messages(why, 1);
+        self.bad_in_a_row += 1;
+        if self.bad_in_a_row >= MAX_BAD_FRAMES_IN_A_ROW {
+            return Err(CloseReason::Malformed);
+        }
+        Ok(())
+    }
+
+    /// Takes a token from the limiter. `Ok(false)`: drop this message. `Err`: the peer has
+    /// been over the limit for the whole grace period and is closed with ERROR.
+    fn within_rate_limit(&mut self) -> Result<bool, CloseReason> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(true);
+        };
+        if limiter.check().is_ok() {
+            return Ok(true);
+        }
+        self.shared
+            .metrics
+            .drop_messages(DropReason::RateLimited, 1);
+        let now = Instant::now();
+        let since = match self.over_limit {
+            Some((since, last)) if now.duration_since(last) <= OVER_LIMIT_GAP => since,
+            _ => now,
+        };
+        self.over_limit = Some((since, now));
+        if now.duration_since(since) >= self.shared.config.rate_limit_grace {
+            return Err(CloseReason::RateLimited);
+        }
+        Ok(false)
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame<'_>) -> Result<(), CloseReason> {
+        let Some(kind) = frame.kind else {
+            return Ok(()); // unknown or missing type: ignored, as the reference does
+        };
+        let dst = match frame.dst {
+            _ if kind == MessageType::Heartbeat => return Ok(()),
+            Dst::Id(dst) => dst,
+            Dst::Missing if kind == MessageType::Leave => return Err(CloseReason::Left),
+            Dst::Missing => {
+                self.shared
+                    .metrics
+                    .drop_messages(DropReason::Undeliverable, 1);
+                return Ok(());
+            }
+            Dst::NotAString => {
+                self.shared.metrics.drop_messages(DropReason::Malformed, 1);
+                return Ok(());
+            }
+        };
+        let relay = Relay {
+            src: Arc::clone(&self.id),
+            kind,
+            frame: Utf8Bytes::from(protocol::relay_frame(kind, &self.id, &dst, frame.payload)),
+            dst: Box::from(dst),
+            read_at: Instant::now(),
+        };
+        // The room ending under a registered peer only happens at shutdown.
+        self.room
+            .send(RoomCmd::Relay(relay))
+            .await
+            .map_err(|_| CloseReason::Shutdown)
+    }
+}
