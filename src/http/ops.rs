@@ -71,13 +71,13 @@ pub async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
         return response;
     }
     #[derive(serde::Serialize)]
-    struct Body {
+    struct MetricsJson {
         status: &'static str,
         timestamp: u64,
         metrics: crate::metrics::Summary,
     }
     let draining = shared.draining.load(Ordering::Acquire);
-    let body = Body {
+    let body = MetricsJson {
         status: if draining { "draining" } else { "ok" },
         timestamp: now_ms() as u64,
         metrics: shared.metrics.summary(),

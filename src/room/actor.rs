@@ -385,7 +385,7 @@ impl RoomActor {
                 .drop_messages(DropReason::Expired, queue.messages.len() as u64);
             let mut told: Vec<&Arc<str>> = Vec::new();
             for (src, _, _) in &queue.messages {
-                if !told.iter().any(|s| *s == src) {
+                if !told.contains(&src) {
                     told.push(src);
                 }
             }
