@@ -144,6 +144,18 @@ async function startStaticServer() {
 
 // ---------------------------------------------------- signaling server child
 
+// Server processes still running; killed if the runner exits early.
+const children = new Set();
+process.on("exit", () => {
+  for (const c of children) c.kill("SIGKILL");
+});
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    log(`# ${sig}: stopping`);
+    process.exit(130);
+  });
+}
+
 // opts: {key, rooms, maxRoomPeers}
 async function startSignalingServer(opts = {}) {
   const port = await freePort();
@@ -165,6 +177,8 @@ async function startSignalingServer(opts = {}) {
     readyUrl = `http://127.0.0.1:${port}/health`;
   }
   const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" } });
+  children.add(child);
+  child.on("exit", () => children.delete(child));
   const output = [];
   let exited = null;
   const onData = (stream) => (chunk) => {
@@ -687,18 +701,22 @@ function dumpServer(server) {
 async function main() {
   if (SERVER_KIND !== "peerjsd" && SERVER_KIND !== "reference") {
     process.stdout.write(`not ok - setup: E2E_SERVER must be peerjsd or reference, not ${SERVER_KIND}\n`);
+    process.stdout.write("e2e: 0 passed, 1 failed, 0 skipped\n");
     process.exit(1);
   }
   if (SERVER_KIND === "peerjsd" && !existsSync(PEERJSD_BIN)) {
     process.stdout.write(`not ok - setup: no peerjsd binary at ${PEERJSD_BIN}: build it with "cargo build --release" in the repository root, or set PEERJSD_BIN\n`);
+    process.stdout.write("e2e: 0 passed, 1 failed, 0 skipped\n");
     process.exit(1);
   }
   if (SERVER_KIND === "reference" && !existsSync(REFERENCE_CLI)) {
     process.stdout.write(`not ok - setup: no reference server at ${REFERENCE_CLI}: run "npm ci" in e2e/\n`);
+    process.stdout.write("e2e: 0 passed, 1 failed, 0 skipped\n");
     process.exit(1);
   }
   if (!existsSync(CHROMIUM_BIN)) {
     process.stdout.write(`not ok - setup: no Chromium at ${CHROMIUM_BIN}: run e2e/setup.sh (apt-get install -y chromium)\n`);
+    process.stdout.write("e2e: 0 passed, 1 failed, 0 skipped\n");
     process.exit(1);
   }
   const started = Date.now();
@@ -773,5 +791,6 @@ async function main() {
 
 main().catch((e) => {
   process.stdout.write(`not ok - setup: ${oneLine(e.stack || e)}\n`);
+  process.stdout.write(`e2e: ${results.passed} passed, ${results.failed + 1} failed, ${results.skipped} skipped\n`);
   process.exit(1);
 });
