@@ -1,0 +1,221 @@
+//! floor: the least any PeerJS server must do, as lean as we can make it; the benchmark's
+//! speed floor.
+//!
+//! It accepts the WebSocket upgrade on `/peerjs?key=&id=&token=`, registers the id, sends
+//! `{"type":"OPEN"}`, and for each text frame reads the envelope, stamps `src` with the sender's
+//! id and forwards `{"type","src","dst","payload"}` to the connected `dst`. Nothing else: no
+//! key check, no offline queue (a message to an unknown id is dropped), no heartbeat timeout
+//! (HEARTBEAT is ignored), no limits. A duplicate id gets ID-TAKEN so that ids stay unique.
+//!
+//! Why it is lean:
+//! - one thread (`current_thread` runtime; the benchmark pins the server to one core), so the
+//!   registry is a `RefCell<HashMap>` with no locks or atomics on the hot path;
+//! - one task per connection that both reads and writes, and a small WebSocket read buffer
+//!   (`--read-buffer`, 4 KiB by default: tungstenite's default 128 KiB buffer is zero-filled on
+//!   the first read, so every idle peer would hold ~136 KB);
+//! - writes are batched: the task feeds every frame waiting in its queue, then flushes once;
+//! - the payload is never parsed: serde_json `RawValue` slices are copied through as they are.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::accept_hdr_async_with_config;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+#[derive(Parser, Debug)]
+#[command(about = "Minimal PeerJS relay: the benchmark's speed floor")]
+struct Args {
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// WebSocket read buffer per connection, bytes.
+    #[arg(long, default_value_t = 4096)]
+    read_buffer: usize,
+}
+
+/// A registered peer: the sending end of its connection task's queue, and which connection
+/// registered it (so a closing connection only removes its own registration).
+struct Peer {
+    conn: u64,
+    tx: mpsc::UnboundedSender<Utf8Bytes>,
+}
+
+type Registry = Rc<RefCell<HashMap<Box<str>, Peer>>>;
+
+const OPEN: &str = r#"{"type":"OPEN"}"#;
+const NO_ID: &str =
+    r#"{"type":"ERROR","payload":{"msg":"No id, token, or key supplied to websocket server"}}"#;
+const ID_TAKEN: &str = r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#;
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, serve(args))
+}
+
+async fn serve(args: Args) -> io::Result<()> {
+    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
+    eprintln!("floor listening on {}", listener.local_addr()?);
+    let config = WebSocketConfig::default().read_buffer_size(args.read_buffer);
+    let registry = Registry::default();
+    let mut next_conn = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                next_conn += 1;
+                tokio::task::spawn_local(connection(stream, registry.clone(), next_conn, config));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, registry: Registry, conn: u64, config: WebSocketConfig) {
+    let _ = stream.set_nodelay(true);
+    let mut query = None;
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != "/peerjs" {
+            let mut err = ErrorResponse::new(Some("Bad Request".into()));
+            *err.status_mut() = StatusCode::BAD_REQUEST;
+            return Err(err);
+        }
+        query = req.uri().query().map(str::to_owned);
+        Ok(resp)
+    };
+    let Ok(mut ws) = accept_hdr_async_with_config(stream, callback, Some(config)).await else {
+        return;
+    };
+    let id = query.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .filter(|(k, _)| k == "id")
+            .last()
+            .map(|(_, v)| v.into_owned())
+            .filter(|v| !v.is_empty())
+    });
+    let Some(id) = id else {
+        let _ = ws.send(Message::text(NO_ID)).await;
+        let _ = ws.close(None).await;
+        return;
+    };
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        let mut peers = registry.borrow_mut();
+        if peers.contains_key(id.as_str()) {
+            drop(peers);
+            let _ = ws.send(Message::text(ID_TAKEN)).await;
+            let _ = ws.close(None).await;
+            return;
+        }
+        peers.insert(id.as_str().into(), Peer { conn, tx });
+    }
+    // `src` as a JSON string, encoded once.
+    let src_json = serde_json::to_string(&id).unwrap_or_default();
+
+    if ws.send(Message::text(OPEN)).await.is_ok() {
+        loop {
+            tokio::select! {
+                out = rx.recv() => {
+                    let Some(first) = out else { break };
+                    if ws.feed(Message::Text(first)).await.is_err() {
+                        break;
+                    }
+                    let mut ok = true;
+                    while let Ok(more) = rx.try_recv() {
+                        if ws.feed(Message::Text(more)).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok || ws.flush().await.is_err() {
+                        break;
+                    }
+                }
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => relay(&registry, &src_json, &text),
+                    // tungstenite queued a pong or the closing handshake's reply: send it.
+                    Some(Ok(Message::Ping(_) | Message::Close(_))) => {
+                        let _ = ws.flush().await;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        }
+    }
+
+    let mut peers = registry.borrow_mut();
+    if peers.get(id.as_str()).is_some_and(|p| p.conn == conn) {
+        peers.remove(id.as_str());
+    }
+}
+
+/// The envelope fields a relay needs, borrowed from the frame; `payload` stays raw.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    dst: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+fn relay(registry: &Registry, src_json: &str, text: &str) {
+    let Ok(env) = serde_json::from_str::<Envelope>(text) else {
+        return;
+    };
+    let (Some(kind), Some(dst_raw)) = (env.kind, env.dst) else {
+        return;
+    };
+    if kind.get() == r#""HEARTBEAT""# {
+        return;
+    }
+    let dst: Cow<str> = match serde_json::from_str::<&str>(dst_raw.get()) {
+        Ok(s) => Cow::Borrowed(s),
+        // An id with escapes in it: unescape into a String.
+        Err(_) => match serde_json::from_str::<String>(dst_raw.get()) {
+            Ok(s) => Cow::Owned(s),
+            Err(_) => return,
+        },
+    };
+    let peers = registry.borrow();
+    let Some(peer) = peers.get(&*dst) else {
+        return;
+    };
+    let payload_len = env.payload.map_or(0, |p| p.get().len());
+    let mut out = String::with_capacity(48 + src_json.len() + dst_raw.get().len() + payload_len);
+    out.push_str(r#"{"type":"#);
+    out.push_str(kind.get());
+    out.push_str(r#","src":"#);
+    out.push_str(src_json);
+    out.push_str(r#","dst":"#);
+    out.push_str(dst_raw.get());
+    if let Some(payload) = env.payload {
+        out.push_str(r#","payload":"#);
+        out.push_str(payload.get());
+    }
+    out.push('}');
+    let _ = peer.tx.send(Utf8Bytes::from(out));
+}
