@@ -224,11 +224,13 @@ async function startSignalingServer(opts = {}) {
     output,
     async stop() {
       if (exited) return;
+      const t0 = Date.now();
       child.kill("SIGTERM");
       // peerjs-server 1.0.2 does not exit on SIGTERM while sockets are open; do not wait long.
       const t = setTimeout(() => child.kill("SIGKILL"), 3000);
-      await exitPromise;
+      const how = await exitPromise;
       clearTimeout(t);
+      log(`# server stopped in ${Date.now() - t0} ms (${how.sig ? `signal ${how.sig}` : `exit ${how.code}`})`);
     },
   };
 }
