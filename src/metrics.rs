@@ -99,7 +99,9 @@ label_enum! {
         Malformed => "malformed",
         /// A message over `--max-message-size`.
         TooLarge => "too_large",
-        /// Invalid UTF-8 or another WebSocket protocol error.
+        /// A text frame that is not UTF-8 (close 1007).
+        InvalidUtf8 => "invalid_utf8",
+        /// Another WebSocket protocol violation (close 1002).
         ProtocolError => "protocol_error",
         /// The server is shutting down.
         Shutdown => "shutdown",

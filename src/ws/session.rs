@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
@@ -225,6 +226,7 @@ where
             CloseCode::Policy
         }
         CloseReason::TooLarge => CloseCode::Size,
+        CloseReason::InvalidUtf8 => CloseCode::Invalid,
         CloseReason::ProtocolError => CloseCode::Protocol,
     };
     let text = match reason {
@@ -427,7 +429,11 @@ where
                 self.shared.metrics.drop_messages(DropReason::TooLarge, 1);
                 CloseReason::TooLarge
             }
-            WsError::Utf8(_) | WsError::Protocol(_) => CloseReason::ProtocolError,
+            WsError::Utf8(_) => CloseReason::InvalidUtf8,
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                CloseReason::ClientGone
+            }
+            WsError::Protocol(_) => CloseReason::ProtocolError,
             _ => CloseReason::ClientGone,
         }
     }

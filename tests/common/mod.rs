@@ -1,0 +1,469 @@
+//! Test harness: a real peerjsd on `127.0.0.1:0`, a raw HTTP helper, and `PeerClient`, a real
+//! WebSocket client that speaks what the PeerJS 1.x browser client sends.
+//!
+//! `PeerClient` reads its socket continuously in a background task (so it answers pings, as a
+//! browser does) and hands received frames to the test. `freeze()` makes it stop touching the
+//! socket, like a machine that vanished without closing its TCP connection.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use peerjsd::{Config, Server, Shared};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+/// How long any expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), peerjsd::RunError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with `config` on an ephemeral loopback port.
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = Server::new(config);
+        let shared = server.shared();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a server with default settings, changed by `tweak`.
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        tweak(&mut config);
+        Self::start(config).await
+    }
+
+    /// The signaling URL with this raw query string.
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}{}?{query}", self.addr, self.shared.config.ws_path())
+    }
+
+    /// The URL a PeerJS client builds for `id` and `token`.
+    pub fn peer_url(&self, id: &str, token: &str) -> String {
+        self.ws_url(&format!(
+            "key={}&id={id}&token={token}&version=1.5.5",
+            self.shared.config.key
+        ))
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), peerjsd::RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("server task panicked")
+    }
+
+    /// Begins shutdown without waiting.
+    pub fn begin_stop(&mut self) -> JoinHandle<Result<(), peerjsd::RunError>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("running")
+    }
+
+    /// Waits until `check` holds (polling the server's own state), or fails after [`WAIT`].
+    pub async fn until(&self, what: &str, check: impl Fn(&Shared) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check(&self.shared) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A raw HTTP/1.1 request; returns status, lower-cased headers and body.
+    pub async fn http(&self, request: &str) -> HttpResponse {
+        http_raw(self.addr, request).await
+    }
+
+    /// `GET path` with extra header lines.
+    pub async fn get(&self, path: &str, headers: &[&str]) -> HttpResponse {
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        self.http(&request).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `request` as-is on a fresh connection and reads the response until the server closes
+/// or the declared body has arrived.
+pub async fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("response timed out")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(response) = parse_response(&raw) {
+            return response;
+        }
+    }
+    parse_response(&raw)
+        .unwrap_or_else(|| panic!("incomplete response: {:?}", String::from_utf8_lossy(&raw)))
+}
+
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    match length {
+        Some(length) if body.len() >= length => Some(HttpResponse {
+            status,
+            headers,
+            body: body[..length].to_owned(),
+        }),
+        Some(_) => None,
+        None if status == 101 => Some(HttpResponse {
+            status,
+            headers,
+            body: String::new(),
+        }),
+        None => None,
+    }
+}
+
+/// What the background reader saw.
+#[derive(Debug)]
+pub enum Event {
+    /// A text frame, parsed as JSON (or kept as a string if it is not JSON).
+    Frame(Value),
+    /// A binary frame.
+    Binary(Vec<u8>),
+    /// The server closed (with its close frame, if any).
+    Closed(Option<CloseFrame>),
+    /// The connection failed.
+    Error(String),
+}
+
+enum Command {
+    Send(Message),
+    Freeze,
+    Close,
+}
+
+/// A PeerJS-speaking WebSocket client.
+pub struct PeerClient {
+    pub id: String,
+    events: mpsc::UnboundedReceiver<Event>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl PeerClient {
+    /// Connects with a raw query string; does not wait for OPEN.
+    pub async fn connect_url(url: &str, id: &str) -> Self {
+        let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
+        assert_eq!(response.status(), 101);
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (commands, mut command_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut ws = ws;
+            loop {
+                tokio::select! {
+                    command = command_rx.recv() => match command {
+                        Some(Command::Send(message)) => {
+                            if let Err(e) = ws.send(message).await {
+                                let _ = event_tx.send(Event::Error(e.to_string()));
+                            }
+                        }
+                        Some(Command::Close) | None => {
+                            let _ = ws.close(None).await;
+                            // Read out the server's reply so the close handshake finishes.
+                            while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+                            return;
+                        }
+                        Some(Command::Freeze) => {
+                            // Hold the socket open and never touch it again.
+                            let _keep = ws;
+                            std::future::pending::<()>().await;
+                            return;
+                        }
+                    },
+                    frame = ws.next() => {
+                        let event = match frame {
+                            Some(Ok(Message::Text(text))) => Event::Frame(
+                                serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.to_string())),
+                            ),
+                            Some(Ok(Message::Binary(bytes))) => Event::Binary(bytes.to_vec()),
+                            Some(Ok(Message::Close(frame))) => {
+                                let _ = event_tx.send(Event::Closed(frame));
+                                while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+                                return;
+                            }
+                            Some(Ok(_)) => continue,
+                            Some(Err(e)) => Event::Error(e.to_string()),
+                            None => Event::Closed(None),
+                        };
+                        let end = matches!(event, Event::Closed(_) | Event::Error(_));
+                        if event_tx.send(event).is_err() || end {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        PeerClient {
+            id: id.to_owned(),
+            events,
+            commands,
+        }
+    }
+
+    /// Connects as `id` with `token`; does not wait for OPEN.
+    pub async fn connect(server: &TestServer, id: &str, token: &str) -> Self {
+        Self::connect_url(&server.peer_url(id, token), id).await
+    }
+
+    /// Connects as `id` with a random token and waits for OPEN.
+    pub async fn open(server: &TestServer, id: &str) -> Self {
+        Self::open_with_token(server, id, &random_token()).await
+    }
+
+    /// Connects as `id` with `token` and waits for OPEN.
+    pub async fn open_with_token(server: &TestServer, id: &str, token: &str) -> Self {
+        let mut peer = Self::connect(server, id, token).await;
+        assert_eq!(
+            peer.recv().await,
+            json!({"type": "OPEN"}),
+            "{id} expected OPEN"
+        );
+        peer
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub fn send(&self, value: Value) {
+        self.send_text(&value.to_string());
+    }
+
+    /// Sends a text frame.
+    pub fn send_text(&self, text: &str) {
+        self.send_message(Message::text(text));
+    }
+
+    /// Sends any WebSocket message.
+    pub fn send_message(&self, message: Message) {
+        let _ = self.commands.send(Command::Send(message));
+    }
+
+    /// Stops reading and writing, keeping the TCP connection open.
+    pub fn freeze(&self) {
+        let _ = self.commands.send(Command::Freeze);
+    }
+
+    /// Closes cleanly.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+
+    /// The next event, failing after [`WAIT`].
+    pub async fn event(&mut self) -> Event {
+        match tokio::time::timeout(WAIT, self.events.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => Event::Closed(None),
+            Err(_) => panic!("{}: no event within {WAIT:?}", self.id),
+        }
+    }
+
+    /// The next text frame, failing on anything else.
+    pub async fn recv(&mut self) -> Value {
+        match self.event().await {
+            Event::Frame(value) => value,
+            other => panic!("{}: expected a frame, got {other:?}", self.id),
+        }
+    }
+
+    /// The next frame, which must have type `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(frame["type"], kind, "{}: unexpected frame {frame}", self.id);
+        frame
+    }
+
+    /// Waits for the server's close; returns (code, reason).
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.event().await {
+                Event::Closed(Some(frame)) => return (frame.code.into(), frame.reason.to_string()),
+                Event::Closed(None) => return (1005, String::new()),
+                Event::Error(e) => return (1006, e),
+                Event::Frame(_) | Event::Binary(_) => continue,
+            }
+        }
+    }
+
+    /// Waits for the close, requiring no frames before it.
+    pub async fn closed_without_frames(&mut self) -> (u16, String) {
+        match self.event().await {
+            Event::Closed(Some(frame)) => (frame.code.into(), frame.reason.to_string()),
+            Event::Closed(None) => (1005, String::new()),
+            other => panic!("{}: expected a close, got {other:?}", self.id),
+        }
+    }
+
+    /// Asserts nothing arrives for `quiet` (use sparingly: only to prove an absence, after a
+    /// later-sent marker message has arrived).
+    pub async fn assert_nothing_for(&mut self, quiet: Duration) {
+        if let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            panic!("{}: expected nothing, got {event:?}", self.id);
+        }
+    }
+
+    /// Frames already received, without waiting.
+    pub fn drain(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            out.push(event);
+        }
+        out
+    }
+}
+
+/// A token like the PeerJS client's `Math.random().toString(36).slice(2)`.
+pub fn random_token() -> String {
+    let n = uuid::Uuid::new_v4().as_u128();
+    format!("{:x}", n)[..11].to_owned()
+}
+
+/// An SDP-like text of about `len` bytes.
+pub fn sdp(len: usize) -> String {
+    let line = "a=candidate:1 1 udp 2113937151 192.168.1.2 54400 typ host generation 0\r\n";
+    let mut out = String::from("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n");
+    while out.len() < len {
+        out.push_str(line);
+    }
+    out
+}
+
+/// An OFFER as the PeerJS client sends it (no `src`).
+pub fn offer(dst: &str, connection_id: &str) -> Value {
+    json!({
+        "type": "OFFER",
+        "payload": {
+            "sdp": {"type": "offer", "sdp": sdp(400)},
+            "type": "data",
+            "connectionId": connection_id,
+            "label": connection_id,
+            "reliable": false,
+            "serialization": "binary",
+            "metadata": null
+        },
+        "dst": dst
+    })
+}
+
+/// An ANSWER as the PeerJS client sends it.
+pub fn answer(dst: &str, connection_id: &str) -> Value {
+    json!({
+        "type": "ANSWER",
+        "payload": {"sdp": {"type": "answer", "sdp": sdp(300)}, "type": "data", "connectionId": connection_id},
+        "dst": dst
+    })
+}
+
+/// A CANDIDATE as the PeerJS client sends it.
+pub fn candidate(dst: &str, connection_id: &str, n: u32) -> Value {
+    json!({
+        "type": "CANDIDATE",
+        "payload": {
+            "candidate": {
+                "candidate": format!("candidate:{n} 1 udp 2113937151 192.168.1.2 {} typ host generation 0", 50000 + n),
+                "sdpMid": "0",
+                "sdpMLineIndex": 0,
+                "usernameFragment": "abcd"
+            },
+            "type": "data",
+            "connectionId": connection_id
+        },
+        "dst": dst
+    })
+}
+
+/// `message` as the server relays it from `src`: only type, src, dst, payload.
+pub fn relayed(message: &Value, src: &str) -> Value {
+    let mut out = json!({"type": message["type"], "src": src, "dst": message["dst"]});
+    if let Some(payload) = message.get("payload") {
+        out["payload"] = payload.clone();
+    }
+    out
+}

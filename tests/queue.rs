@@ -1,0 +1,149 @@
+//! The offline queue: delivery after OPEN in order, EXPIRE per (sender, destination), bounds.
+
+mod common;
+
+use common::*;
+use peerjsd::metrics::DropReason;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn queued_messages_arrive_in_order_right_after_open() {
+    let server = TestServer::start(peerjsd::Config::default()).await;
+    let alice = PeerClient::open(&server, "alice").await;
+    let bob = PeerClient::open(&server, "bob").await;
+    let messages = [
+        offer("carol", "dc_a"),
+        candidate("carol", "dc_a", 1),
+        candidate("carol", "dc_a", 2),
+    ];
+    for m in &messages {
+        alice.send(m.clone());
+    }
+    // Order is per sender; wait so bob's message is queued after all of alice's.
+    server
+        .until("three queued", |s| s.metrics.queued_messages.get() == 3)
+        .await;
+    let from_bob = answer("carol", "dc_b");
+    bob.send(from_bob.clone());
+    server
+        .until("four queued", |s| s.metrics.queued_messages.get() == 4)
+        .await;
+
+    let mut carol = PeerClient::connect(&server, "carol", "t").await;
+    assert_eq!(carol.recv().await, json!({"type": "OPEN"}));
+    for m in &messages {
+        assert_eq!(carol.recv().await, relayed(m, "alice"));
+    }
+    assert_eq!(carol.recv().await, relayed(&from_bob, "bob"));
+    assert_eq!(server.shared.metrics.queued_messages.get(), 0);
+    assert_eq!(server.shared.metrics.queued_bytes.get(), 0);
+}
+
+#[tokio::test]
+async fn expiry_sends_one_expire_per_sender_and_destination() {
+    let server = TestServer::with(|c| c.expire_timeout = Duration::from_millis(300)).await;
+    let mut alice = PeerClient::open(&server, "alice").await;
+    let mut bob = PeerClient::open(&server, "bob").await;
+    alice.send(offer("ghost", "dc_1"));
+    alice.send(candidate("ghost", "dc_1", 1));
+    alice.send(candidate("ghost", "dc_1", 2));
+    bob.send(offer("ghost", "dc_2"));
+    alice.send(offer("phantom", "dc_3"));
+
+    let mut got = vec![alice.recv().await, alice.recv().await];
+    got.sort_by_key(|v| v["src"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        got,
+        [
+            json!({"type": "EXPIRE", "src": "ghost", "dst": "alice"}),
+            json!({"type": "EXPIRE", "src": "phantom", "dst": "alice"})
+        ]
+    );
+    assert_eq!(
+        bob.recv().await,
+        json!({"type": "EXPIRE", "src": "ghost", "dst": "bob"})
+    );
+    // Nothing more: a marker sent now is the next thing alice sees.
+    bob.send(json!({"type": "ANSWER", "dst": "alice", "payload": "marker"}));
+    assert_eq!(alice.recv().await["payload"], "marker");
+    assert_eq!(server.shared.metrics.dropped(DropReason::Expired), 5);
+    // The ghost connecting later finds nothing.
+    let mut ghost = PeerClient::open(&server, "ghost").await;
+    alice.send(json!({"type": "ANSWER", "dst": "ghost", "payload": "marker"}));
+    assert_eq!(ghost.recv().await["payload"], "marker");
+}
+
+#[tokio::test]
+async fn expire_is_dropped_when_the_sender_has_gone() {
+    let server = TestServer::with(|c| c.expire_timeout = Duration::from_millis(200)).await;
+    let alice = PeerClient::open(&server, "alice").await;
+    let _bob = PeerClient::open(&server, "bob").await;
+    alice.send(offer("ghost", "dc_1"));
+    server
+        .until("queued", |s| s.metrics.queued_messages.get() == 1)
+        .await;
+    alice.close();
+    server
+        .until("expired", |s| s.metrics.dropped(DropReason::Expired) == 1)
+        .await;
+    assert_eq!(server.shared.metrics.queued_bytes.get(), 0);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_expire_at_once() {
+    let server = TestServer::with(|c| {
+        c.max_queue_per_peer = 3;
+        c.expire_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut alice = PeerClient::open(&server, "alice").await;
+    for n in 0..3 {
+        alice.send(candidate("ghost", "dc", n));
+    }
+    alice.send(candidate("ghost", "dc", 3));
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "EXPIRE", "src": "ghost", "dst": "alice"})
+    );
+    assert_eq!(server.shared.metrics.dropped(DropReason::QueueOverflow), 1);
+    assert_eq!(server.shared.metrics.queued_messages.get(), 3);
+    // The three that fit are still delivered.
+    let mut ghost = PeerClient::open(&server, "ghost").await;
+    for n in 0..3 {
+        assert_eq!(
+            ghost.recv().await,
+            relayed(&candidate("ghost", "dc", n), "alice")
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_server_wide_queue_bound_holds_across_destinations() {
+    let server = TestServer::with(|c| {
+        c.max_queued_bytes = 4 * 1024;
+        c.expire_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut alice = PeerClient::open(&server, "alice").await;
+    // ~600-byte offers to distinct offline ids: only a handful fit in 4 KiB.
+    for n in 0..20 {
+        alice.send(offer(&format!("ghost{n}"), "dc"));
+    }
+    let mut expired = 0;
+    while server.shared.metrics.dropped(DropReason::QueueOverflow)
+        + (server.shared.metrics.queued_messages.get() as u64)
+        < 20
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let overflow = server.shared.metrics.dropped(DropReason::QueueOverflow);
+    assert!(overflow >= 14, "{overflow} overflowed");
+    for _ in 0..overflow {
+        let frame = alice.expect("EXPIRE").await;
+        assert_eq!(frame["dst"], "alice");
+        expired += 1;
+    }
+    assert_eq!(expired, overflow);
+    assert!(server.shared.metrics.queued_bytes.get() <= 4 * 1024);
+}
