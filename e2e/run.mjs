@@ -433,8 +433,15 @@ async function checkData(server) {
 
 async function checkServerId(server) {
   const p = await newPeerPage("P");
+  const idUrl = `http://127.0.0.1:${server.port}${SERVER_PATH}/${server.key}/id`;
+  const response = p.waitForResponse((res) => res.url().split("?")[0] === idUrl, { timeout: 10000 });
   const r = await openPeer(p, null, peerOptions(server));
+  const res = await response.catch(() => null);
+  assert(res, `the client made no request to ${idUrl}`);
+  assertEq(res.status(), 200, `GET ${idUrl} status`);
+  const body = await res.text();
   assert(r.ok, `peer did not open: ${r.type} ${JSON.stringify(r.message)}`);
+  assertEq(r.id, body, "opened id vs. the /id response body");
   assert(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(r.id), `id ${JSON.stringify(r.id)} is not a v4 UUID`);
   assertEq(r.id.length, 36, "id length");
   const peerId = await ev(p, () => window.E2E.peer.id);
