@@ -37,7 +37,6 @@ use peerjsd_bench::procfs::{self, CpuClock};
 use peerjsd_bench::report::LoadReport;
 use peerjsd_bench::rng::Rng;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Notify;
 use tokio::time::{Interval, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -132,7 +131,6 @@ struct Ctx {
     next_src: Cell<u32>,
     measuring: Cell<bool>,
     stopping: Cell<bool>,
-    stop: Notify,
     /// Churn workers and room slots still running (the drain waits for them).
     active: Cell<usize>,
     rng: RefCell<Rng>,
@@ -253,7 +251,6 @@ async fn run(args: Args) -> LoadReport {
         next_src: Cell::new(0),
         measuring: Cell::new(false),
         stopping: Cell::new(false),
-        stop: Notify::new(),
         active: Cell::new(0),
         rng: RefCell::new(Rng::from_entropy()),
         st: RefCell::new(Stats {
@@ -415,7 +412,6 @@ async fn measure(ctx: &Ctx) -> Window {
 /// arrive.
 async fn stop_and_drain(ctx: &Ctx) {
     ctx.stopping.set(true);
-    ctx.stop.notify_waiters();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let done = {
@@ -554,7 +550,11 @@ impl Peer {
                     continue;
                 }
                 _ = tick(&mut ticker) => {
-                    if !self.ctx.stopping.get() && !(self.feed_next().await && self.ws.flush().await.is_ok()) {
+                    if self.ctx.stopping.get() {
+                        continue;
+                    }
+                    let sent = self.feed_next().await && self.ws.flush().await.is_ok();
+                    if !sent {
                         self.ctx.failure(format!("{}: send failed", self.id));
                         return;
                     }
