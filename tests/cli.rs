@@ -221,3 +221,28 @@ async fn reference_environment_and_config_file_work() {
     assert_eq!((peers.status, peers.body.as_str()), (200, "[]"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_shipped_config_file_documents_every_flag_and_changes_nothing() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/peerjsd.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();
+    // Every long flag but --config/--help/--version appears as a key (set or commented out).
+    for flag in help.split_whitespace().filter(|w| w.starts_with("--")) {
+        let key = flag.trim_start_matches("--").trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        if ["config", "help", "version"].contains(&key) || key.contains('_') {
+            continue;
+        }
+        let documented = text.lines().any(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+        });
+        assert!(documented, "config/peerjsd.toml does not document --{key}");
+    }
+    // Loading it gives exactly the built-in defaults.
+    let parsed = match peerjsd::Config::from_args(["peerjsd", "--config", path]) {
+        Ok(peerjsd::config::Parsed::Run(c)) => *c,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(format!("{parsed:?}"), format!("{:?}", peerjsd::Config::default()));
+}
