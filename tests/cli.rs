@@ -229,7 +229,9 @@ fn the_shipped_config_file_documents_every_flag_and_changes_nothing() {
     let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();
     // Every long flag but --config/--help/--version appears as a key (set or commented out).
     for flag in help.split_whitespace().filter(|w| w.starts_with("--")) {
-        let key = flag.trim_start_matches("--").trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        let key = flag
+            .trim_start_matches("--")
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
         if ["config", "help", "version"].contains(&key) || key.contains('_') {
             continue;
         }
@@ -244,5 +246,8 @@ fn the_shipped_config_file_documents_every_flag_and_changes_nothing() {
         Ok(peerjsd::config::Parsed::Run(c)) => *c,
         other => panic!("{other:?}"),
     };
-    assert_eq!(format!("{parsed:?}"), format!("{:?}", peerjsd::Config::default()));
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", peerjsd::Config::default())
+    );
 }

@@ -326,6 +326,14 @@ impl PeerClient {
         let _ = self.commands.send(Command::Send(message));
     }
 
+    /// A function that sends text frames from another task.
+    pub fn sender(&self) -> impl Fn(String) + Send + 'static {
+        let commands = self.commands.clone();
+        move |text| {
+            let _ = commands.send(Command::Send(Message::text(text)));
+        }
+    }
+
     /// Stops reading and writing, keeping the TCP connection open.
     pub fn freeze(&self) {
         let _ = self.commands.send(Command::Freeze);
