@@ -52,6 +52,15 @@ struct Cli {
     server_cpu: usize,
     #[arg(long, default_value_t = 1)]
     loadgen_cpu: usize,
+    /// Noise guard, in % of one core used by other processes: before each run wait (up to
+    /// --quiet-wait s) until the machine is below it, and repeat a run whose measurement
+    /// window was above it (up to --retries times, keeping the least noisy). 0 turns it off.
+    #[arg(long, default_value_t = 25.0)]
+    max_noise: f64,
+    #[arg(long, default_value_t = 2)]
+    retries: usize,
+    #[arg(long, default_value_t = 30.0)]
+    quiet_wait: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -319,6 +328,8 @@ fn main() {
     let mut start_failures: BTreeMap<(ServerKind, bool), String> = BTreeMap::new();
     let mut jsonl = File::create(out.join("runs.jsonl")).ok();
     let total = plan.len();
+    let guard = !cli.quick && cli.max_noise > 0.0;
+    let mut repeated = 0usize;
     for (i, &(sc, rep, srv)) in plan.iter().enumerate() {
         let rooms = sc == ScenarioId::Rooms4 && srv == ServerKind::Peerjsd;
         let run = if let Some(why) = start_failures.get(&(srv, rooms)) {
@@ -330,7 +341,38 @@ fn main() {
                 server_note: Some(why.clone()),
             }
         } else {
-            let run = run_one(&setup, &cli, sc, rep, srv, rooms);
+            let mut best: Option<Run> = None;
+            for attempt in 0..=if guard { cli.retries } else { 0 } {
+                if guard {
+                    wait_quiet(cli.max_noise / 100.0, cli.quiet_wait);
+                }
+                let run = run_one(&setup, &cli, sc, rep, srv, rooms);
+                let noisy = noise_frac(&run.report) * 100.0 > cli.max_noise;
+                if attempt > 0 {
+                    repeated += 1;
+                }
+                if guard && noisy && run.report.error.is_none() && attempt < cli.retries {
+                    eprintln!(
+                        "  {} #{} {}: other processes took {:.0} % of a core, repeating",
+                        sc.name(),
+                        rep + 1,
+                        srv.name(),
+                        noise_frac(&run.report) * 100.0
+                    );
+                }
+                let better = best
+                    .as_ref()
+                    .is_none_or(|b| noise_frac(&run.report) < noise_frac(&b.report));
+                let done = !guard || !noisy || run.report.error.is_some();
+                if better || run.report.error.is_some() {
+                    best = Some(run);
+                }
+                if done {
+                    break;
+                }
+                sleep(Duration::from_millis(500));
+            }
+            let run = best.expect("at least one attempt ran");
             if let Some(note) = &run.server_note
                 && note.starts_with("did not start (")
             {
@@ -368,6 +410,12 @@ fn main() {
             if *rooms { " (--rooms token)" } else { "" }
         ));
     }
+    if repeated > 0 {
+        notes.push(format!(
+            "{repeated} run(s) were repeated because other processes took more than {:.0} % of a core during the window; the least noisy attempt was kept",
+            cli.max_noise
+        ));
+    }
     let table = render(&machine, &scenarios, &results, &notes, cli.quick);
     println!("{table}");
     let _ = fs::write(out.join("results.md"), &table);
@@ -377,6 +425,47 @@ fn main() {
 /// A free port outside the ephemeral range (32768–60999 here), so that no client socket of
 /// the load generator, live or in TIME_WAIT, can hold it; checked on every address, as Node
 /// listens on `::`.
+/// What other processes took during a run's window, as a fraction of one core.
+fn noise_frac(r: &LoadReport) -> f64 {
+    if r.wall_s > 0.0 {
+        r.other_cpu_s / r.wall_s
+    } else {
+        0.0
+    }
+}
+
+/// Waits until the whole machine is below `limit` (fraction of one core) over half a second,
+/// for at most `max_s` seconds. No benchmark process runs at this point, so all of it is
+/// other work.
+fn wait_quiet(limit: f64, max_s: f64) {
+    let clock = peerjsd_bench::procfs::CpuClock::new();
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let (b0, _) = clock.machine();
+        let t0 = Instant::now();
+        sleep(Duration::from_millis(500));
+        let busy = (clock.machine().0 - b0) / t0.elapsed().as_secs_f64();
+        if busy < limit || start.elapsed().as_secs_f64() >= max_s {
+            if said {
+                eprintln!(
+                    "  machine at {:.0} % of a core after {:.0} s",
+                    busy * 100.0,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            return;
+        }
+        if !said {
+            eprintln!(
+                "  machine busy ({:.0} % of a core used by others): waiting up to {max_s:.0} s",
+                busy * 100.0
+            );
+            said = true;
+        }
+    }
+}
+
 fn free_port(attempt: usize) -> u16 {
     let base = 20_000 + (std::process::id() as usize * 7 + attempt * 131) % 10_000;
     for i in 0..10_000 {

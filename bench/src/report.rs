@@ -78,9 +78,12 @@ impl LoadReport {
     }
 
     /// Which side limited the throughput: "server" when the server used ≥ 90 % of its core,
-    /// "loadgen" when the load generator did while the server did not, else "neither".
+    /// "loadgen" when the load generator did while the server did not, "both", else
+    /// "neither" (latency-bound, or preempted by other processes).
     pub fn bound(&self) -> &'static str {
-        if self.server_cpu_frac() >= 0.9 {
+        if self.server_cpu_frac() >= 0.9 && self.loadgen_cpu_frac() >= 0.9 {
+            "both"
+        } else if self.server_cpu_frac() >= 0.9 {
             "server"
         } else if self.loadgen_cpu_frac() >= 0.9 {
             "loadgen"

@@ -98,6 +98,10 @@ struct Args {
     /// Heartbeat interval per peer, ms (the client's default pingInterval).
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
+    /// relay: flush replies after this many handled frames, so that the server starts on
+    /// them while the load generator is still reading (0: once per batch read).
+    #[arg(long, default_value_t = 0)]
+    flush_every: usize,
     /// WebSocket read buffer per client connection, bytes (default: 64 KiB for relay, 4 KiB
     /// otherwise).
     #[arg(long)]
@@ -564,8 +568,15 @@ impl Peer {
             if !self.on_frame(frame).await {
                 return;
             }
+            let flush_every = self.ctx.args.flush_every;
+            let mut handled = 1;
             while let Some(frame) = self.ws.next().now_or_never() {
                 if !self.on_frame(frame).await {
+                    return;
+                }
+                handled += 1;
+                if flush_every > 0 && handled % flush_every == 0 && self.ws.flush().await.is_err() {
+                    self.ctx.failure(format!("{}: flush failed", self.id));
                     return;
                 }
             }
