@@ -121,16 +121,24 @@ impl ScenarioId {
     fn loadgen_args(self, quick: bool, hold_peers: usize, rooms_token: bool) -> Vec<String> {
         let (warm, dur) = if quick { ("0.5", "1") } else { ("2", "5") };
         let mut a: Vec<String> = match self {
-            ScenarioId::Relay1 => vec!["relay", "--pairs", "1", "--window", "64"]
-                .into_iter()
-                .map(String::from)
-                .chain([
-                    "--warmup".into(),
-                    warm.into(),
-                    "--duration".into(),
-                    dur.into(),
-                ])
-                .collect(),
+            ScenarioId::Relay1 => vec![
+                "relay",
+                "--pairs",
+                "1",
+                "--window",
+                "256",
+                "--flush-every",
+                "16",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                "--warmup".into(),
+                warm.into(),
+                "--duration".into(),
+                dur.into(),
+            ])
+            .collect(),
             ScenarioId::Relay100 => vec!["relay", "--pairs", "100", "--window", "16"]
                 .into_iter()
                 .map(String::from)
@@ -691,7 +699,13 @@ fn machine_info(setup: &Setup, cli: &Cli, runs: usize) -> String {
         })
         .unwrap_or_default();
     let node = cmd_output("node", &["--version"]).unwrap_or_else(|| "not found".into());
-    let commit = cmd_output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+    let mut commit =
+        cmd_output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+    if cmd_output("git", &["status", "--porcelain", "--", "src", "Cargo.toml"])
+        .is_some_and(|s| !s.is_empty())
+    {
+        commit.push_str(" + uncommitted changes in src/");
+    }
     let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE)
         .map(|(s, h)| format!("{s}/{h}"))
         .unwrap_or_default();
