@@ -211,7 +211,9 @@ const DEFAULT_SCENARIOS: [ScenarioId; 6] = [
 
 /// Everything needed to start the servers.
 struct Setup {
+    /// The copy of the peerjsd binary that is run, and where it was copied from.
     peerjsd: Option<PathBuf>,
+    peerjsd_origin: PathBuf,
     node_script: Option<PathBuf>,
     floor: PathBuf,
     loadgen: PathBuf,
@@ -254,8 +256,14 @@ fn main() {
     let mut notes: Vec<String> = Vec::new();
     // bench/run.sh sets this when peerjsd does not build: a stale binary must not be measured.
     let build_failed = std::env::var("PEERJSD_BENCH_NO_PEERJSD").ok();
+    // Run a copy: a rebuild of target/release/peerjsd during the benchmark must not change
+    // the binary under test halfway.
+    let peerjsd_copy = out.join("peerjsd");
+    let peerjsd_usable =
+        peerjsd.is_file() && build_failed.is_none() && fs::copy(&peerjsd, &peerjsd_copy).is_ok();
     let setup = Setup {
-        peerjsd: (peerjsd.is_file() && build_failed.is_none()).then_some(peerjsd.clone()),
+        peerjsd: peerjsd_usable.then_some(peerjsd_copy),
+        peerjsd_origin: peerjsd.clone(),
         node_script: node_script.is_file().then_some(node_script.clone()),
         floor: bin_dir.join("floor"),
         loadgen: bin_dir.join("loadgen"),
@@ -731,11 +739,11 @@ fn machine_info(setup: &Setup, cli: &Cli, runs: usize) -> String {
     let _ = writeln!(
         s,
         "- servers: peerjsd {} (repo commit {commit}); peerjs-server 1.0.2 on Node {node}; floor = bench/src/bin/floor.rs",
-        setup
-            .peerjsd
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "(absent)".into()),
+        if setup.peerjsd.is_some() {
+            setup.peerjsd_origin.display().to_string()
+        } else {
+            "(absent)".into()
+        },
     );
     s
 }
