@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod state;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
@@ -39,9 +40,20 @@ pub use config::Config;
 pub use state::Shared;
 
 /// A server ready to run: its state exists, so tests can watch metrics and rooms.
-#[derive(Debug)]
 pub struct Server {
     shared: Arc<Shared>,
+    /// Set when `--sslkey/--sslcert` are configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The `--metrics-addr` listener, if any.
+    metrics_listener: Option<TcpListener>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a run ended badly.
@@ -53,11 +65,21 @@ pub enum RunError {
 }
 
 impl Server {
-    /// A server with this configuration.
-    pub fn new(config: Config) -> Self {
-        Server {
+    /// A server with this configuration. Fails only if TLS is configured and its files
+    /// cannot be used.
+    pub fn new(config: Config) -> Result<Self, tls::TlsError> {
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        Ok(Server {
             shared: Arc::new(Shared::new(config)),
-        }
+            tls,
+            metrics_listener: None,
+        })
+    }
+
+    /// Also serves `/health` and `/metrics` on `listener` (`--metrics-addr`).
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
     }
 
     /// The shared state (metrics, rooms, configuration).
@@ -75,10 +97,17 @@ impl Server {
     ) -> Result<(), RunError> {
         let shared = self.shared;
         let router = http::router(Arc::clone(&shared));
-        shared
-            .shutdown
-            .tracker
-            .spawn(http::accept_loop(listener, Arc::clone(&shared), router));
+        let tracker = &shared.shutdown.tracker;
+        tracker.spawn(http::accept_loop(
+            listener,
+            Arc::clone(&shared),
+            router,
+            self.tls,
+        ));
+        if let Some(listener) = self.metrics_listener {
+            let ops = http::ops_router(Arc::clone(&shared));
+            tracker.spawn(http::accept_loop(listener, Arc::clone(&shared), ops, None));
+        }
 
         shutdown.await;
         tracing::info!(peers = shared.peer_count(), "shutting down");

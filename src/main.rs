@@ -3,8 +3,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
-use peerjsd::config::{LogFormat, Parsed};
+use peerjsd::config::{LogFormat, Parsed, RoomMode};
 use peerjsd::{Config, Server};
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -33,16 +34,28 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    let signal = shutdown_signal();
+    // TLS files are configuration: a bad one is reported like a bad flag (exit 2).
+    let server = match Server::new(config.clone()) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("peerjsd: error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match bind(&config).await {
         Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "peerjsd: error: cannot listen on [{}]:{}: {error}",
-                config.host, config.port
-            );
-            tracing::error!(%error, host = %config.host, port = config.port, "cannot listen");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return cannot_listen(&format!("[{}]:{}", config.host, config.port), &error),
+    };
+    let server = match config.metrics_addr {
+        None => server,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(metrics) => {
+                tracing::info!(addr = %addr, "metrics listening");
+                server.with_metrics_listener(metrics)
+            }
+            Err(error) => return cannot_listen(&addr.to_string(), &error),
+        },
     };
     let addr = listener
         .local_addr()
@@ -51,17 +64,34 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!(
         addr = %addr,
         path = %config.path,
-        rooms = if config.rooms == peerjsd::config::RoomMode::Token { "token" } else { "global" },
+        rooms = if config.rooms == RoomMode::Token { "token" } else { "global" },
+        tls = config.tls.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    match Server::new(config).run(listener, shutdown_signal()).await {
+    // systemd (Type=notify): ready once the socket is bound. A no-op without NOTIFY_SOCKET.
+    let status = format!("STATUS=listening on {addr}");
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Custom(&status)]);
+    let shutdown = async {
+        signal.await;
+        let _ = sd_notify::notify(&[
+            NotifyState::Stopping,
+            NotifyState::Custom("STATUS=draining"),
+        ]);
+    };
+    match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "shutdown incomplete");
             ExitCode::FAILURE
         }
     }
+}
+
+fn cannot_listen(addr: &str, error: &std::io::Error) -> ExitCode {
+    eprintln!("peerjsd: error: cannot listen on {addr}: {error}");
+    tracing::error!(%error, addr, "cannot listen");
+    ExitCode::FAILURE
 }
 
 /// Binds the configured address. The default `::` also takes IPv4; on a host without IPv6
@@ -100,25 +130,24 @@ fn raise_fd_limit() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
+/// Registers SIGTERM and SIGINT handlers now (before the server reports ready, so an early
+/// signal drains instead of killing) and returns a future that resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = interrupt => {}
                     _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = interrupt.await;
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
     }
 }

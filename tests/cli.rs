@@ -251,3 +251,33 @@ fn the_shipped_config_file_documents_every_flag_and_changes_nothing() {
         format!("{:?}", peerjsd::Config::default())
     );
 }
+
+#[test]
+fn systemd_notify_ready_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("peerjsd-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut server = start(
+        &["--port", "0", "--host", "127.0.0.1"],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("READY notification");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=listening on {}", server.addr)),
+        "{ready}"
+    );
+    let (code, _) = server.terminate();
+    let n = socket.recv(&mut buf).expect("STOPPING notification");
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert_eq!(code, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::state::Shared;
@@ -31,9 +32,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Accepts connections until shutdown. Accept errors (e.g. out of file descriptors) are
-/// logged and retried after a pause instead of spinning or ending the server.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, router: Router) {
+/// Only `/health` and `/metrics`, for `--metrics-addr`.
+pub fn ops_router(shared: Arc<Shared>) -> Router {
+    ops::routes().fallback(rest::not_found).with_state(shared)
+}
+
+/// Accepts connections until shutdown, with TLS when `tls` is set. Accept errors (e.g. out
+/// of file descriptors) are logged and retried after a pause instead of spinning or ending
+/// the server.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+) {
     let token = shared.shutdown.token.clone();
     loop {
         let accepted = tokio::select! {
@@ -45,12 +57,27 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, router: Rou
                 let _ = stream.set_nodelay(true);
                 let shared_for_conn = Arc::clone(&shared);
                 let router = router.clone();
-                shared.shutdown.tracker.spawn(serve_connection(
-                    stream,
-                    peer,
-                    shared_for_conn,
-                    router,
-                ));
+                let tracker = &shared.shutdown.tracker;
+                match &tls {
+                    None => {
+                        tracker.spawn(serve_connection(stream, peer, shared_for_conn, router));
+                    }
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(stream);
+                        tracker.spawn(async move {
+                            let limit = shared_for_conn.config.handshake_timeout;
+                            match tokio::time::timeout(limit, handshake).await {
+                                Ok(Ok(stream)) => {
+                                    serve_connection(stream, peer, shared_for_conn, router).await
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed; pausing");
