@@ -65,13 +65,26 @@ sed "s|^ExecStart=/usr/local/bin/peerjsd --config /etc/peerjsd/peerjsd.toml\$|Ex
 [ "$(grep -c "^ExecStart=$PWD/target/release/peerjsd " "$tmp/peerjsd.service")" = 1 ] ||
   fail "could not point ExecStart at the built binary"
 
-rc=0
-out=$(systemd-analyze verify --man=no "$tmp/peerjsd.service" 2>&1) || rc=$?
-if [ "$rc" != 0 ] || [ -n "$out" ]; then
-  printf '%s\n' "$out"
-  fail "systemd-analyze verify: exit $rc, $(printf '%s' "$out" | grep -c '') line(s) of output (want exit 0, no output)"
-fi
+verify() {
+  local rc=0 out
+  out=$(systemd-analyze verify --man=no "$1" 2>&1) || rc=$?
+  if [ "$rc" != 0 ] || [ -n "$out" ]; then
+    printf '%s\n' "$out"
+    fail "systemd-analyze verify ($2): exit $rc, $(printf '%s' "$out" | grep -c '') line(s) of output (want exit 0, no output)"
+  fi
+}
+verify "$tmp/peerjsd.service" "as shipped"
 pass "systemd-analyze verify $unit: exit 0, no warnings ($(systemd-analyze --version | head -n 1))"
+
+# The optional lines the comments offer (port < 1024, TLS key via LoadCredential) must be
+# valid too once uncommented.
+mkdir "$tmp/optional"
+sed -E 's/^#((AmbientCapabilities|CapabilityBoundingSet|LoadCredential)=|Environment=PEERJSD_SSL)/\1/' \
+  "$tmp/peerjsd.service" >"$tmp/optional/peerjsd.service"
+[ "$(grep -cE '^(AmbientCapabilities|CapabilityBoundingSet=CAP|LoadCredential|Environment=PEERJSD_SSL)' "$tmp/optional/peerjsd.service")" = 5 ] ||
+  fail "$unit: expected the 5 commented optional lines (AmbientCapabilities, CapabilityBoundingSet, 2x LoadCredential, Environment=PEERJSD_SSL*)"
+verify "$tmp/optional/peerjsd.service" "optional lines uncommented"
+pass "systemd-analyze verify with the optional lines uncommented (CAP_NET_BIND_SERVICE, LoadCredential TLS): exit 0, no warnings"
 
 rc=0
 out=$(systemd-analyze security --offline=yes --threshold=20 "$tmp/peerjsd.service" 2>&1) || rc=$?
