@@ -9,11 +9,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::outbox::SendError;
 use super::registry::ActorId;
 use super::{ConnId, JoinReply, JoinRequest, Outbound, PeerLink, Refusal, Relay, RoomCmd};
 use crate::config::RoomMode;
@@ -308,7 +309,7 @@ impl RoomActor {
                 self.shared.metrics.relay(kind);
                 true
             }
-            Err(TrySendError::Full(_)) => {
+            Err(SendError::Full) => {
                 self.shared.metrics.drop_messages(DropReason::SlowReader, 1);
                 if let Some((id, _)) = self.members.get_key_value(dst) {
                     let id = Arc::clone(id);
@@ -317,7 +318,7 @@ impl RoomActor {
                 }
                 false
             }
-            Err(TrySendError::Closed(_)) => {
+            Err(SendError::Closed) => {
                 // The session ended and its Leave is on the way: the message is lost, as it
                 // would be on the wire.
                 self.shared

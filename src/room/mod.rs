@@ -10,6 +10,7 @@
 //! forgetting a room when its actor ends (no members and nothing queued).
 
 pub mod actor;
+pub mod outbox;
 pub mod registry;
 
 use std::sync::Arc;
@@ -51,7 +52,7 @@ pub struct PeerLink {
     /// This registration.
     pub conn: ConnId,
     /// The session's outbound queue; the room only ever `try_send`s on it.
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: outbox::OutboxSender,
     /// Tells the session to close, and why. Used when the room drops a member the session
     /// did not ask to remove (take-over, slow reader, failed probe).
     pub kill: oneshot::Sender<CloseReason>,
@@ -61,14 +62,14 @@ pub struct PeerLink {
 #[derive(Debug)]
 pub struct SessionLink {
     /// Frames and probes to write.
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: outbox::OutboxReceiver,
     /// Fires when the room drops this member.
     pub kill: oneshot::Receiver<CloseReason>,
 }
 
 /// A fresh pair of link ends with an outbound queue of `capacity` frames.
 pub fn link(capacity: usize) -> (PeerLink, SessionLink) {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = outbox::outbox(capacity);
     let (kill_tx, kill_rx) = oneshot::channel();
     (
         PeerLink {
@@ -186,6 +187,11 @@ impl RoomHandle {
     /// Sends a command, waiting for mailbox space. Gives the command back if the room ended.
     pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomCmd> {
         self.tx.send(cmd).await.map_err(|e| e.0)
+    }
+
+    /// Sends a command if the mailbox has room, without waiting.
+    pub fn try_send(&self, cmd: RoomCmd) -> Result<(), mpsc::error::TrySendError<RoomCmd>> {
+        self.tx.try_send(cmd)
     }
 
     /// Asks to register. `None` if the room ended before answering: ask the registry for

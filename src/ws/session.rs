@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -33,8 +34,6 @@ use crate::room::{
 };
 use crate::state::{IpGuard, Shared};
 
-/// Frames written per flush at most.
-const WRITE_BATCH: usize = 32;
 /// Unusable frames (malformed, binary) in a row before the peer is closed.
 const MAX_BAD_FRAMES_IN_A_ROW: u32 = 16;
 /// Rate-limit drops further apart than this start a new "over the limit" streak.
@@ -63,7 +62,8 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(admitted) = admit(&mut ws, params, &shared, origin.ip).await else {
+    // Boxed so that admission's state is freed once done instead of sizing the whole task.
+    let Some(admitted) = Box::pin(admit(&mut ws, params, &shared, origin.ip)).await else {
         return;
     };
     let session = Session::new(ws, admitted, Arc::clone(&shared));
@@ -319,8 +319,8 @@ where
             conn: self.conn,
             reason,
         };
-        let _ = self.room.send(leave).await;
-        close(&mut self.ws, reason).await;
+        let _ = Box::pin(self.room.send(leave)).await;
+        Box::pin(close(&mut self.ws, reason)).await;
         (self.id, reason, started.elapsed())
     }
 
@@ -329,13 +329,14 @@ where
         let shutdown = self.shared.shutdown.token.clone();
         let deadline = sleep_until(self.last_seen + alive_timeout);
         tokio::pin!(deadline);
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        // Grows to the largest batch seen; an idle peer holds none.
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return CloseReason::Shutdown,
                 why = &mut self.link.kill => return why.unwrap_or(CloseReason::Shutdown),
-                n = self.link.rx.recv_many(&mut batch, WRITE_BATCH) => {
+                n = self.link.rx.recv_all(&mut batch) => {
                     if n == 0 {
                         return CloseReason::Shutdown;
                     }
@@ -344,7 +345,12 @@ where
                     }
                 }
                 frame = self.ws.next() => {
-                    if let Err(why) = self.read(frame).await {
+                    let forwarded = match self.read(frame) {
+                        Ok(None) => Ok(()),
+                        Ok(Some(cmd)) => forward(&self.room, cmd).await,
+                        Err(why) => Err(why),
+                    };
+                    if let Err(why) = forwarded {
                         return why;
                     }
                 }
@@ -384,8 +390,12 @@ where
         }
     }
 
-    /// Handles one inbound frame (or the end of the stream).
-    async fn read(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), CloseReason> {
+    /// Handles one inbound frame (or the end of the stream); returns what to send the room.
+    /// Synchronous on purpose: the hot path never holds a send future in the task's state.
+    fn read(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+    ) -> Result<Option<RoomCmd>, CloseReason> {
         let message = match frame {
             None => return Err(CloseReason::ClientGone),
             Some(Ok(message)) => message,
@@ -400,26 +410,26 @@ where
             Message::Text(text) => {
                 metrics.received.inc();
                 if !self.within_rate_limit()? {
-                    return Ok(());
+                    return Ok(None);
                 }
                 match protocol::parse_frame(&text) {
                     Ok(frame) => {
                         self.bad_in_a_row = 0;
-                        self.dispatch(frame).await
+                        self.dispatch(frame)
                     }
-                    Err(_) => self.bad_frame(DropReason::Malformed),
+                    Err(_) => self.bad_frame(DropReason::Malformed).map(|()| None),
                 }
             }
             Message::Binary(_) => {
                 metrics.received.inc();
                 if !self.within_rate_limit()? {
-                    return Ok(());
+                    return Ok(None);
                 }
-                self.bad_frame(DropReason::Binary)
+                self.bad_frame(DropReason::Binary).map(|()| None)
             }
             Message::Close(_) => Err(CloseReason::ClientGone),
             // Pings are answered by tungstenite; pongs only prove liveness (done above).
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
         }
     }
 
@@ -472,36 +482,44 @@ where
         Ok(false)
     }
 
-    async fn dispatch(&mut self, frame: ClientFrame<'_>) -> Result<(), CloseReason> {
+    /// Turns a parsed frame into the room command it calls for, if any.
+    fn dispatch(&mut self, frame: ClientFrame<'_>) -> Result<Option<RoomCmd>, CloseReason> {
         let Some(kind) = frame.kind else {
-            return Ok(()); // unknown or missing type: ignored, as the reference does
+            return Ok(None); // unknown or missing type: ignored, as the reference does
         };
         let dst = match frame.dst {
-            _ if kind == MessageType::Heartbeat => return Ok(()),
+            _ if kind == MessageType::Heartbeat => return Ok(None),
             Dst::Id(dst) => dst,
             Dst::Missing if kind == MessageType::Leave => return Err(CloseReason::Left),
             Dst::Missing => {
                 self.shared
                     .metrics
                     .drop_messages(DropReason::Undeliverable, 1);
-                return Ok(());
+                return Ok(None);
             }
             Dst::NotAString => {
                 self.shared.metrics.drop_messages(DropReason::Malformed, 1);
-                return Ok(());
+                return Ok(None);
             }
         };
-        let relay = Relay {
+        Ok(Some(RoomCmd::Relay(Relay {
             src: Arc::clone(&self.id),
             kind,
             frame: Utf8Bytes::from(protocol::relay_frame(kind, &self.id, &dst, frame.payload)),
             dst: Box::from(dst),
             read_at: Instant::now(),
-        };
-        // The room ending under a registered peer only happens at shutdown.
-        self.room
-            .send(RoomCmd::Relay(relay))
+        })))
+    }
+}
+
+/// Hands a command to the room; waits (boxed, off the hot path) only if its mailbox is full.
+/// The room ending under a registered peer only happens at shutdown.
+async fn forward(room: &RoomHandle, cmd: RoomCmd) -> Result<(), CloseReason> {
+    match room.try_send(cmd) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(cmd)) => Box::pin(room.send(cmd))
             .await
-            .map_err(|_| CloseReason::Shutdown)
+            .map_err(|_| CloseReason::Shutdown),
+        Err(TrySendError::Closed(_)) => Err(CloseReason::Shutdown),
     }
 }
