@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Room-mode scale-out through a real load balancer: two peerjsd nodes behind nginx running
-# config/nginx.conf (ports and paths substituted). 40 rooms x 4 peers connect through nginx;
+# config/nginx.conf (ports and paths substituted). 100 rooms x 4 peers connect through nginx;
 # the test checks that each room's peers land on one node, that the rooms spread over both
 # nodes, that the peers signal each other, that --proxied sees the proxy's X-Forwarded-For
 # entry, and that GET /peerjs/id works without a token. See tests/deploy/proxy_rooms.py.
