@@ -145,6 +145,32 @@ def haproxy_config(tmp, listen, node_ports):
     return path
 
 
+def check_nginx_site_include(tmp, node_ports):
+    """The other way config/nginx.conf says it can be used: its BEGIN/END http block as
+    /etc/nginx/conf.d/peerjsd.conf under Debian's own nginx.conf (checked with nginx -t; needs
+    root, as Debian's main file names its user, pid and logs)."""
+    debian = "/etc/nginx/nginx.conf"
+    if os.geteuid() != 0 or not os.path.exists(debian):
+        print(f"skip nginx -t of the BEGIN/END http block under {debian} (needs root and Debian's nginx)", flush=True)
+        return
+    text = open(os.path.join(ROOT, "config", "nginx.conf")).read()
+    check(text.count("# ---- BEGIN http") == 1 and text.count("# ---- END http") == 1,
+          "config/nginx.conf: want one BEGIN http and one END http marker")
+    block = text[text.index("# ---- BEGIN http"):]
+    block = block[: block.index("\n", block.index("# ---- END http"))]
+    block = substitute(block, [("/var/log/nginx/", f"{tmp}/", 1)], "config/nginx.conf BEGIN/END http")
+    os.makedirs(os.path.join(tmp, "conf.d"))
+    with open(os.path.join(tmp, "conf.d", "peerjsd.conf"), "w") as f:
+        f.write(block)
+    main = substitute(open(debian).read(), [("include /etc/nginx/conf.d/*.conf;", f"include {tmp}/conf.d/*.conf;", 1)], debian)
+    with open(os.path.join(tmp, "debian-nginx.conf"), "w") as f:
+        f.write(main)
+    test = subprocess.run(["nginx", "-t", "-c", os.path.join(tmp, "debian-nginx.conf")], capture_output=True, text=True)
+    warnings = [l for l in test.stderr.splitlines() if "[warn]" in l or "[emerg]" in l or "[alert]" in l]
+    check(test.returncode == 0 and not warnings, f"nginx -t with the block in Debian's nginx.conf: {test.stderr}")
+    ok(f"nginx -t: the BEGIN/END http block as conf.d/peerjsd.conf under {debian}: syntax ok, no warnings")
+
+
 def start_proxy(kind, tmp, node_ports):
     listen = free_port()
     if kind == "nginx":
@@ -155,6 +181,7 @@ def start_proxy(kind, tmp, node_ports):
         warnings = [l for l in lines if "[warn]" in l or "[emerg]" in l or "[alert]" in l]
         check(not warnings, f"nginx -t printed warnings: {warnings}")
         ok(f"nginx -t -c <config/nginx.conf, ports/paths substituted>: {' / '.join(l.split(': ', 1)[-1] for l in lines)}")
+        check_nginx_site_include(tmp, node_ports)
         proxy = spawn(["nginx", "-p", tmp, "-c", conf, "-g", "daemon off;"], os.path.join(tmp, "nginx.out"))
     else:
         conf = haproxy_config(tmp, listen, node_ports)
