@@ -17,7 +17,10 @@ proxy only:
     right src and its payload untouched, nothing from another room;
   - the nodes saw the proxy's address (127.0.0.1), never the forged one (--proxied takes the
     last X-Forwarded-For entry, which the proxy appends);
-  - after the peers leave, SIGTERM stops both nodes with exit 0.
+  - after the peers leave, SIGTERM stops node1 (exit 0), and at once peers of rooms that
+    lived on node1 connect through the proxy and land, whole rooms, on node2 (nginx: passive
+    failover; HAProxy: `option redispatch` before the health checks mark node1 down);
+  - SIGTERM stops node2 with exit 0.
 One line per check; exit 1 on the first failure. All processes are stopped on exit;
 KEEP_LOGS=DIR keeps the generated proxy config and every log.
 """
@@ -320,12 +323,26 @@ async def run(kind, binary, rooms, tmp):
             break
         await asyncio.sleep(0.05)
     check(active == [0, 0], f"activePeers after every peer left: {active}")
-    codes = []
-    for proc, _, _ in nodes:
-        proc.send_signal(signal.SIGTERM)
-        codes.append(proc.wait(15))
-    check(codes == [0, 0], f"node exit codes after SIGTERM: {codes}")
-    ok("peers left (activePeers 0 on both nodes); SIGTERM: both nodes exit 0")
+    ok("peers left: activePeers 0 on both nodes")
+
+    # Failover: stop node1; at once (before any health check could notice), peers of rooms
+    # that lived there reach node2 through the proxy, all of a room's peers together.
+    nodes[0][0].send_signal(signal.SIGTERM)
+    code = nodes[0][0].wait(15)
+    check(code == 0, f"node1 exit code after SIGTERM: {code}")
+    moved = [room for room in names if placement[room] == 0][:5]
+    sockets = {}
+    await asyncio.gather(*(join(room, peer) for room in moved for peer in ids))
+    for room in moved:
+        listed = json.loads(http_get(node_ports[1], f"/peerjs/peers?token={room}")[1])
+        check(sorted(listed) == ids, f"{room} after node1 stopped: node2 lists {listed}, want {ids}")
+    await asyncio.gather(*(ws.close() for ws in sockets.values()))
+    ok(f"failover: node1 stopped (SIGTERM, exit 0); at once {len(moved)} of its rooms x {len(ids)} peers "
+       f"joined through {kind} and got OPEN, each room whole on node2")
+    nodes[1][0].send_signal(signal.SIGTERM)
+    code = nodes[1][0].wait(15)
+    check(code == 0, f"node2 exit code after SIGTERM: {code}")
+    ok("SIGTERM: node2 exits 0")
 
 
 def main():
