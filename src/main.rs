@@ -47,16 +47,6 @@ async fn serve(config: Config) -> ExitCode {
         Ok(listener) => listener,
         Err(error) => return cannot_listen(&format!("[{}]:{}", config.host, config.port), &error),
     };
-    let server = match config.metrics_addr {
-        None => server,
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(metrics) => {
-                tracing::info!(addr = %addr, "metrics listening");
-                server.with_metrics_listener(metrics)
-            }
-            Err(error) => return cannot_listen(&addr.to_string(), &error),
-        },
-    };
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -69,6 +59,20 @@ async fn serve(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
+    let server = match config.metrics_addr {
+        None => server,
+        Some(wanted) => match TcpListener::bind(wanted).await {
+            Ok(metrics) => {
+                let bound = metrics
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::info!(addr = %bound, "metrics listening");
+                server.with_metrics_listener(metrics)
+            }
+            Err(error) => return cannot_listen(&wanted.to_string(), &error),
+        },
+    };
     // systemd (Type=notify): ready once the socket is bound. A no-op without NOTIFY_SOCKET.
     let status = format!("STATUS=listening on {addr}");
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Custom(&status)]);

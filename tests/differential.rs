@@ -32,35 +32,48 @@ impl Reference {
             bin.exists(),
             "peerjs-server 1.0.2 is not installed: run `npm ci --prefix tests/reference` (scripts/test does)"
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("node")
-            .arg(&bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--path",
-                "/",
-                "--expire_timeout",
-                &EXPIRE_MS.to_string(),
-            ])
-            .args(["--alive_timeout", "60000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "reference server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        // The port is picked free and handed to node; if something takes it in between, node
+        // exits, and we try another.
+        for _attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let child = Command::new("node")
+                .arg(&bin)
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--path",
+                    "/",
+                    "--expire_timeout",
+                    &EXPIRE_MS.to_string(),
+                ])
+                // Loopback only: a wildcard bind collides with any socket using the port
+                // on any address (e.g. a load test's client sockets).
+                .args(["--alive_timeout", "60000", "--host", "127.0.0.1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("node");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            // Owned at once, so the child is killed whatever happens next.
+            let mut reference = Reference { child, addr };
+            let started = Instant::now();
+            // peerjs-server logs a failed listen and keeps running, so give up after a while.
+            while std::net::TcpStream::connect(addr).is_err() {
+                if reference.child.try_wait().expect("child status").is_some()
+                    || started.elapsed() > Duration::from_secs(15)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return reference;
+            }
         }
-        Reference { child, addr }
+        panic!("the reference server kept exiting at start-up");
     }
 }
 

@@ -2,24 +2,29 @@
 //!
 //! tokio's `mpsc::channel` allocates its first 32-slot block up front (~1.2 KB here), which
 //! every idle peer would carry for its whole life. This queue is a `VecDeque` behind a mutex
-//! that is only locked for a push or a drain, plus a `Notify`; it allocates on the first push
-//! and gives large buffers back once drained, so an idle peer costs ~150 bytes.
+//! that is only locked for a push or a drain, plus an `AtomicWaker` for the one consumer
+//! (registering it is two atomic operations, and a dropped poll costs nothing, unlike a
+//! `Notify` waiter); it allocates on the first push and gives large buffers back once
+//! drained, so an idle peer costs ~150 bytes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use super::Outbound;
 
-/// Buffers above this many slots are released when the queue drains.
-const KEEP_CAPACITY: usize = 8;
+/// Buffers above this many slots are released when the queue drains (a busy peer keeps a
+/// small buffer instead of reallocating every batch; an idle one keeps what OPEN needed).
+const KEEP_CAPACITY: usize = 32;
 
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
     /// Wakes the consumer after a push or when the sender goes away.
-    wake: Notify,
+    wake: AtomicWaker,
     capacity: usize,
 }
 
@@ -55,7 +60,7 @@ pub struct OutboxReceiver {
 pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State::default()),
-        wake: Notify::new(),
+        wake: AtomicWaker::new(),
         capacity,
     });
     (
@@ -86,7 +91,7 @@ impl OutboxSender {
             }
             state.queue.push_back(item);
         }
-        self.inner.wake.notify_one();
+        self.inner.wake.wake();
         Ok(())
     }
 }
@@ -94,7 +99,7 @@ impl OutboxSender {
 impl Drop for OutboxSender {
     fn drop(&mut self) {
         self.inner.lock().closed = true;
-        self.inner.wake.notify_one();
+        self.inner.wake.wake();
     }
 }
 
@@ -102,24 +107,25 @@ impl OutboxReceiver {
     /// Moves every queued item into `out`, waiting for at least one. Returns 0 once the
     /// sender is gone and the queue is empty. Cancel-safe: nothing is taken until it returns.
     pub async fn recv_all(&mut self, out: &mut Vec<Outbound>) -> usize {
-        loop {
-            {
-                let mut state = self.inner.lock();
-                if !state.queue.is_empty() {
-                    let n = state.queue.len();
-                    out.extend(state.queue.drain(..));
-                    if state.queue.capacity() > KEEP_CAPACITY {
-                        state.queue.shrink_to(KEEP_CAPACITY);
-                    }
-                    return n;
-                }
-                if state.closed {
-                    return 0;
-                }
+        std::future::poll_fn(|cx| self.poll_recv_all(cx, out)).await
+    }
+
+    fn poll_recv_all(&mut self, cx: &mut Context<'_>, out: &mut Vec<Outbound>) -> Poll<usize> {
+        // Register first, then look: a push after the look wakes this registration.
+        self.inner.wake.register(cx.waker());
+        let mut state = self.inner.lock();
+        if !state.queue.is_empty() {
+            let n = state.queue.len();
+            out.extend(state.queue.drain(..));
+            if state.queue.capacity() > KEEP_CAPACITY {
+                state.queue.shrink_to(KEEP_CAPACITY);
             }
-            // A push between the check and here leaves a permit, so this returns at once.
-            self.inner.wake.notified().await;
+            return Poll::Ready(n);
         }
+        if state.closed {
+            return Poll::Ready(0);
+        }
+        Poll::Pending
     }
 }
 

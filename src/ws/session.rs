@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::config::RoomMode;
 use crate::metrics::{CloseReason, DropReason, Rejection};
@@ -54,22 +55,41 @@ pub struct Origin {
 }
 
 /// Runs a socket from just after the HTTP 101 to its close.
-pub async fn run<S>(
-    mut ws: WebSocketStream<S>,
+///
+/// Every idle peer is one of these tasks, so its size matters: the arguments go into boxes
+/// before the first await (an async fn keeps its arguments for its whole life, even once
+/// moved), admission runs in its own boxed future, and the long-lived state is one
+/// [`Session`] next to its `serve` future.
+pub fn run<S>(
+    ws: WebSocketStream<S>,
     params: ConnectParams,
     shared: Arc<Shared>,
     origin: Origin,
-) where
+) -> impl std::future::Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Boxed so that admission's state is freed once done instead of sizing the whole task.
+    drive(Box::new(ws), Box::new((params, shared, origin)))
+}
+
+async fn drive<S>(mut ws: Box<WebSocketStream<S>>, start: Box<(ConnectParams, Arc<Shared>, Origin)>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (params, shared, origin) = *start;
     let Some(admitted) = Box::pin(admit(&mut ws, params, &shared, origin.ip)).await else {
         return;
     };
-    let session = Session::new(ws, admitted, Arc::clone(&shared));
-    let (id, reason, session_len) = session.run().await;
+    let mut session = Session::new(ws, admitted, Arc::clone(&shared));
+    let (reason, session_len) = session.run().await;
     shared.metrics.close(reason);
-    tracing::info!(peer = %id, ip = %origin.ip, reason = reason.as_str(), seconds = session_len.as_secs(), "peer closed");
+    tracing::info!(
+        peer = %session.id,
+        ip = %origin.ip,
+        reason = reason.as_str(),
+        seconds = session_len.as_secs(),
+        "peer closed"
+    );
     drop(origin.guard);
 }
 
@@ -267,7 +287,7 @@ where
 
 /// A registered peer's socket.
 struct Session<S> {
-    ws: WebSocketStream<S>,
+    ws: Box<WebSocketStream<S>>,
     id: Arc<str>,
     conn: room::ConnId,
     room: RoomHandle,
@@ -289,7 +309,7 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(ws: WebSocketStream<S>, admitted: Admitted, shared: Arc<Shared>) -> Self {
+    fn new(ws: Box<WebSocketStream<S>>, admitted: Admitted, shared: Arc<Shared>) -> Self {
         let limiter = shared
             .config
             .rate_limit
@@ -309,8 +329,8 @@ where
         }
     }
 
-    /// Serves the socket; returns the id, why it ended and how long it lasted.
-    async fn run(mut self) -> (Arc<str>, CloseReason, Duration) {
+    /// Serves the socket; returns why it ended and how long it lasted.
+    async fn run(&mut self) -> (CloseReason, Duration) {
         let started = Instant::now();
         let reason = self.serve().await;
         // Free the id first, then say goodbye on the wire.
@@ -321,12 +341,15 @@ where
         };
         let _ = Box::pin(self.room.send(leave)).await;
         Box::pin(close(&mut self.ws, reason)).await;
-        (self.id, reason, started.elapsed())
+        (reason, started.elapsed())
     }
 
     async fn serve(&mut self) -> CloseReason {
         let alive_timeout = self.shared.config.alive_timeout;
-        let shutdown = self.shared.shutdown.token.clone();
+        // Created and pinned once: re-creating it per loop turn would re-register a waiter
+        // with the shutdown token for every frame.
+        let shutdown = self.shared.shutdown.token.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let deadline = sleep_until(self.last_seen + alive_timeout);
         tokio::pin!(deadline);
         // Grows to the largest batch seen; an idle peer holds none.
@@ -334,13 +357,13 @@ where
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                _ = &mut shutdown => return CloseReason::Shutdown,
                 why = &mut self.link.kill => return why.unwrap_or(CloseReason::Shutdown),
                 n = self.link.rx.recv_all(&mut batch) => {
                     if n == 0 {
                         return CloseReason::Shutdown;
                     }
-                    if let Err(why) = self.write(&mut batch).await {
+                    if let Err(why) = self.write(&mut batch, shutdown.as_mut()).await {
                         return why;
                     }
                 }
@@ -367,7 +390,11 @@ where
 
     /// Writes a batch of outbound items with one flush. A socket that cannot take them is
     /// raced against shutdown and the kill signal, so a stuck writer never outlives either.
-    async fn write(&mut self, batch: &mut Vec<Outbound>) -> Result<(), CloseReason> {
+    async fn write(
+        &mut self,
+        batch: &mut Vec<Outbound>,
+        shutdown: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Result<(), CloseReason> {
         let ws = &mut self.ws;
         let probes = &mut self.probes;
         let io = async {
@@ -384,7 +411,7 @@ where
         };
         tokio::select! {
             biased;
-            _ = self.shared.shutdown.token.cancelled() => Err(CloseReason::Shutdown),
+            _ = shutdown => Err(CloseReason::Shutdown),
             why = &mut self.link.kill => Err(why.unwrap_or(CloseReason::Shutdown)),
             result = io => result.map_err(|_| CloseReason::ClientGone),
         }
@@ -507,7 +534,7 @@ where
             kind,
             frame: Utf8Bytes::from(protocol::relay_frame(kind, &self.id, &dst, frame.payload)),
             dst: Box::from(dst),
-            read_at: Instant::now(),
+            read_at: self.last_seen, // set when this frame arrived
         })))
     }
 }
