@@ -9,13 +9,6 @@ use std::time::Duration;
 
 const INFO: &str = r#"{"name":"PeerJS Server","description":"A server side element to broker connections between PeerJS clients.","website":"https://peerjs.com/"}"#;
 
-fn upgrade(path: &str, extra: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    )
-}
-
 #[tokio::test]
 async fn info_is_served_at_the_path_with_and_without_slash() {
     let server = TestServer::with(|c| c.path = "/myapp/".into()).await;
@@ -198,7 +191,10 @@ async fn the_websocket_path_is_matched_exactly_before_upgrade() {
     let server = TestServer::start(peerjsd::Config::default()).await;
     for path in ["/peerjs/", "/PEERJS", "/peerjs/x", "/other", "/", "/health"] {
         let response = server
-            .http(&upgrade(&format!("{path}?key=peerjs&id=a&token=t"), ""))
+            .http(&upgrade_request(
+                &format!("{path}?key=peerjs&id=a&token=t"),
+                "",
+            ))
             .await;
         assert_eq!(
             (response.status, response.body.as_str()),
@@ -208,7 +204,7 @@ async fn the_websocket_path_is_matched_exactly_before_upgrade() {
         assert_eq!(response.header("connection"), Some("close"));
     }
     let ok = server
-        .http(&upgrade("/peerjs?key=peerjs&id=a&token=t", ""))
+        .http(&upgrade_request("/peerjs?key=peerjs&id=a&token=t", ""))
         .await;
     assert_eq!(ok.status, 101);
     assert_eq!(
@@ -220,16 +216,16 @@ async fn the_websocket_path_is_matched_exactly_before_upgrade() {
 #[tokio::test]
 async fn handshake_errors_match_the_ws_library() {
     let server = TestServer::start(peerjsd::Config::default()).await;
-    let post = upgrade("/peerjs", "").replacen("GET", "POST", 1);
+    let post = upgrade_request("/peerjs", "").replacen("GET", "POST", 1);
     assert_eq!(server.http(&post).await.status, 405);
-    let bad_key = upgrade("/peerjs", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+    let bad_key = upgrade_request("/peerjs", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
     assert_eq!(server.http(&bad_key).await.status, 400);
-    let bad_version = upgrade("/peerjs", "").replace("Version: 13", "Version: 12");
+    let bad_version = upgrade_request("/peerjs", "").replace("Version: 13", "Version: 12");
     let response = server.http(&bad_version).await;
     assert_eq!(response.status, 400);
     assert_eq!(response.header("sec-websocket-version"), Some("13, 8"));
-    let version_8 =
-        upgrade("/peerjs?key=peerjs&id=v8&token=t", "").replace("Version: 13", "Version: 8");
+    let version_8 = upgrade_request("/peerjs?key=peerjs&id=v8&token=t", "")
+        .replace("Version: 13", "Version: 8");
     assert_eq!(server.http(&version_8).await.status, 101);
     // A plain GET of the WebSocket path falls through to REST: 404, as Express answers.
     assert_eq!(server.get("/peerjs", &[]).await.status, 404);

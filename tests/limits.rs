@@ -9,13 +9,6 @@ use serde_json::json;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-fn upgrade(path: &str, headers: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
-    )
-}
-
 #[tokio::test]
 async fn over_the_rate_limit_messages_are_dropped_and_the_peer_stays() {
     let server = TestServer::with(|c| c.rate_limit = NonZeroU32::new(10)).await;
@@ -123,7 +116,7 @@ async fn connections_per_ip_are_capped_with_429() {
         clients.push(PeerClient::open(&server, &format!("p{n}")).await);
     }
     let refused = server
-        .http(&upgrade("/peerjs?key=peerjs&id=p3&token=t", ""))
+        .http(&upgrade_request("/peerjs?key=peerjs&id=p3&token=t", ""))
         .await;
     assert_eq!(refused.status, 429);
     assert_eq!(server.shared.metrics.rejected(Rejection::PerIp), 1);
@@ -164,7 +157,7 @@ async fn behind_a_proxy_the_forwarded_ip_is_what_counts() {
     .await;
     let (first, _held) = upgrade_held(
         &server,
-        &upgrade(
+        &upgrade_request(
             "/peerjs?key=peerjs&id=a&token=t",
             "X-Forwarded-For: 198.51.100.1\r\n",
         ),
@@ -173,7 +166,7 @@ async fn behind_a_proxy_the_forwarded_ip_is_what_counts() {
     assert_eq!(first, 101);
     // The same forwarded client again: refused. Another one through the same proxy: fine.
     let again = server
-        .http(&upgrade(
+        .http(&upgrade_request(
             "/peerjs?key=peerjs&id=b&token=t",
             "X-Forwarded-For: 198.51.100.1\r\n",
         ))
@@ -181,7 +174,7 @@ async fn behind_a_proxy_the_forwarded_ip_is_what_counts() {
     assert_eq!(again.status, 429);
     // A forged first entry does not help: the proxy's (last) entry counts.
     let forged = server
-        .http(&upgrade(
+        .http(&upgrade_request(
             "/peerjs?key=peerjs&id=c&token=t",
             "X-Forwarded-For: 203.0.113.9, 198.51.100.1\r\n",
         ))
@@ -189,7 +182,7 @@ async fn behind_a_proxy_the_forwarded_ip_is_what_counts() {
     assert_eq!(forged.status, 429);
     let (other, _held2) = upgrade_held(
         &server,
-        &upgrade(
+        &upgrade_request(
             "/peerjs?key=peerjs&id=d&token=t",
             "X-Forwarded-For: 198.51.100.2\r\n",
         ),
@@ -200,7 +193,7 @@ async fn behind_a_proxy_the_forwarded_ip_is_what_counts() {
     let direct = TestServer::with(|c| c.max_connections_per_ip = Some(1)).await;
     let (first, _held3) = upgrade_held(
         &direct,
-        &upgrade(
+        &upgrade_request(
             "/peerjs?key=peerjs&id=a&token=t",
             "X-Forwarded-For: 198.51.100.1\r\n",
         ),
@@ -208,7 +201,7 @@ async fn behind_a_proxy_the_forwarded_ip_is_what_counts() {
     .await;
     assert_eq!(first, 101);
     let second = direct
-        .http(&upgrade(
+        .http(&upgrade_request(
             "/peerjs?key=peerjs&id=b&token=t",
             "X-Forwarded-For: 198.51.100.2\r\n",
         ))
@@ -221,13 +214,13 @@ async fn with_an_allow_list_other_origins_get_403_before_upgrade() {
     let server = TestServer::with(|c| c.cors = vec!["https://game.example".into()]).await;
     let query = "/peerjs?key=peerjs&id=a&token=t";
     let evil = server
-        .http(&upgrade(query, "Origin: https://evil.example\r\n"))
+        .http(&upgrade_request(query, "Origin: https://evil.example\r\n"))
         .await;
     assert_eq!(evil.status, 403);
-    let none = server.http(&upgrade(query, "")).await;
+    let none = server.http(&upgrade_request(query, "")).await;
     assert_eq!(none.status, 403);
     let good = server
-        .http(&upgrade(query, "Origin: https://game.example\r\n"))
+        .http(&upgrade_request(query, "Origin: https://game.example\r\n"))
         .await;
     assert_eq!(good.status, 101);
     assert_eq!(server.shared.metrics.rejected(Rejection::Origin), 2);

@@ -131,6 +131,14 @@ impl Drop for TestServer {
     }
 }
 
+/// A raw WebSocket upgrade request for `path` (with its query), plus extra header lines.
+pub fn upgrade_request(path: &str, extra_headers: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    )
+}
+
 /// A parsed HTTP response.
 #[derive(Debug)]
 pub struct HttpResponse {
