@@ -1155,3 +1155,53 @@ fn render(
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(fmt_num(1234567.0, 0), "1,234,567");
+        assert_eq!(fmt_num(999.0, 0), "999");
+        assert_eq!(fmt_num(12345.678, 2), "12,345.68");
+        assert_eq!(fmt_num(-1234.0, 0), "-1,234");
+        assert_eq!(fmt_num(0.5, 2), "0.50");
+    }
+
+    #[test]
+    fn text_cells_count_repeats() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(aggregate_text(v(&["ok", "ok", "ok"])), "ok ×3");
+        assert_eq!(
+            aggregate_text(v(&["server", "loadgen", "server"])),
+            "server ×2; loadgen"
+        );
+    }
+
+    #[test]
+    fn checks_summarise_problems() {
+        let mut r = LoadReport::default();
+        assert_eq!(checks(&r), "ok");
+        r.lost = 2;
+        r.reordered = 1;
+        assert_eq!(checks(&r), "lost 2, out-of-order 1");
+    }
+
+    #[test]
+    fn quick_mode_shrinks_loads() {
+        let full = ScenarioId::Idle10k.loadgen_args(false, 19_000, false);
+        let quick = ScenarioId::Idle10k.loadgen_args(true, 19_000, false);
+        assert!(full.contains(&"10000".to_string()));
+        assert!(quick.contains(&"1000".to_string()));
+        let rooms = ScenarioId::Rooms4.loadgen_args(false, 19_000, true);
+        assert_eq!(rooms.last().map(String::as_str), Some("--rooms-token"));
+    }
+}
