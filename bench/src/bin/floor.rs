@@ -12,7 +12,7 @@
 //!   registry is a `RefCell<HashMap>` with no locks or atomics on the hot path;
 //! - one task per connection that both reads and writes, an outbound queue that allocates
 //!   nothing while idle, and a small WebSocket read buffer
-//!   (`--read-buffer`, 4 KiB by default: tungstenite's default 128 KiB buffer is zero-filled on
+//!   (`--read-buffer`, 2 KiB by default: tungstenite's default 128 KiB buffer is zero-filled on
 //!   the first read, so every idle peer would hold ~136 KB);
 //! - writes are batched: the task feeds every frame waiting in its queue, then flushes once;
 //! - the payload is never parsed: serde_json `RawValue` slices are copied through as they are.
@@ -43,8 +43,9 @@ struct Args {
     port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// WebSocket read buffer per connection, bytes.
-    #[arg(long, default_value_t = 4096)]
+    /// WebSocket read buffer per connection, bytes. Relay CPU per message is the same with
+    /// 4 KiB (within noise); an idle peer costs 3.8 kB with 2 KiB, 5.9 kB with 4 KiB.
+    #[arg(long, default_value_t = 2048)]
     read_buffer: usize,
 }
 
