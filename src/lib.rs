@@ -4,11 +4,13 @@
 //!
 //! - [`config`]: command line, environment and config file, validated once into [`Config`].
 //! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server frames.
+//! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
 //! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes.
 //! - [`ws`]: the WebSocket upgrade checks and the per-socket session task.
 //! - [`room`]: the room actors (one task owns each room's members and offline queue) and the
 //!   registry that finds them. Global mode is a single room.
 //! - [`metrics`]: counters and gauges, JSON and Prometheus text.
+//! - [`logging`]: JSON log lines (our own fast formatter) or text, filtered by `RUST_LOG`.
 //! - [`state`]: what the parts share (config, metrics, registry, limits, shutdown).
 //!
 //! # Tasks
@@ -23,6 +25,8 @@
 
 pub mod config;
 pub mod http;
+pub mod json;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod room;

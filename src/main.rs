@@ -3,11 +3,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
-use peerjsd::config::{LogFormat, Parsed, RoomMode};
+use peerjsd::config::{Parsed, RoomMode};
 use peerjsd::{Config, Server};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -21,9 +20,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    peerjsd::logging::init(config.log_format);
     raise_fd_limit();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match build_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("peerjsd: error: cannot start the runtime: {error}");
@@ -31,6 +30,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+/// One core (e.g. `taskset`, a 1-CPU container or VM): a single-threaded runtime, which skips
+/// the work-stealing scheduler's cross-thread bookkeeping. More cores: one worker per core.
+fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {
@@ -108,21 +123,6 @@ async fn bind(config: &Config) -> std::io::Result<TcpListener> {
             TcpListener::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), config.port)).await
         }
         other => other,
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

@@ -12,10 +12,8 @@
 //! The session decides what to do with a [`ClientFrame`]; this module only reads and writes.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
+use crate::json::{self, Scalar};
 
 /// `{"type":"OPEN"}`: sent once when a socket is admitted.
 pub const OPEN: &str = r#"{"type":"OPEN"}"#;
@@ -128,8 +126,8 @@ pub struct ClientFrame<'a> {
     pub kind: Option<MessageType>,
     /// Where the message goes.
     pub dst: Dst<'a>,
-    /// The payload exactly as sent, if present.
-    pub payload: Option<&'a RawValue>,
+    /// The payload's JSON text exactly as sent, if present.
+    pub payload: Option<&'a str>,
 }
 
 /// Why an inbound text frame could not be used at all.
@@ -143,167 +141,27 @@ pub enum FrameError {
     NotAnObject,
 }
 
-/// Parses one inbound text frame.
+/// Parses one inbound text frame (see [`crate::json`] for the scanner).
 pub fn parse_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let frame = match de.deserialize_any(FrameVisitor) {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Err(FrameError::NotAnObject),
-        Err(_) => return Err(FrameError::Malformed),
+    let envelope = json::scan(text).map_err(|e| match e {
+        json::ScanError::Invalid => FrameError::Malformed,
+        json::ScanError::NotAnObject => FrameError::NotAnObject,
+    })?;
+    let kind = match envelope.kind {
+        Some(Scalar::Str(kind)) => MessageType::parse(&kind),
+        _ => None,
     };
-    // Trailing garbage after the object makes the whole frame invalid, as in JSON.parse.
-    de.end().map_err(|_| FrameError::Malformed)?;
-    Ok(frame)
-}
-
-/// Visits the top-level value: an object becomes a frame, anything else `None`.
-struct FrameVisitor;
-
-impl<'de> Visitor<'de> for FrameVisitor {
-    type Value = Option<ClientFrame<'de>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut frame = ClientFrame {
-            kind: None,
-            dst: Dst::Missing,
-            payload: None,
-        };
-        while let Some(field) = map.next_key::<Field>()? {
-            match field {
-                Field::Type => frame.kind = map.next_value::<Loose>()?.into_type(),
-                Field::Dst => frame.dst = map.next_value::<Loose>()?.into_dst(),
-                Field::Payload => frame.payload = Some(map.next_value::<&RawValue>()?),
-                Field::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Some(frame))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-}
-
-/// The keys we care about. Keys may contain escapes, so both borrowed and owned forms match.
-enum Field {
-    Type,
-    Dst,
-    Payload,
-    Other,
-}
-
-impl<'de> serde::Deserialize<'de> for Field {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-        impl Visitor<'_> for FieldVisitor {
-            type Value = Field;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E>(self, key: &str) -> Result<Field, E> {
-                Ok(match key {
-                    "type" => Field::Type,
-                    "dst" => Field::Dst,
-                    "payload" => Field::Payload,
-                    _ => Field::Other,
-                })
-            }
-        }
-        d.deserialize_str(FieldVisitor)
-    }
-}
-
-/// A value that is either a string (borrowed when it has no escapes) or something else.
-enum Loose<'a> {
-    Str(Cow<'a, str>),
-    Null,
-    Other,
-}
-
-impl<'a> Loose<'a> {
-    fn into_type(self) -> Option<MessageType> {
-        match self {
-            Loose::Str(s) => MessageType::parse(&s),
-            Loose::Null | Loose::Other => None,
-        }
-    }
-
-    fn into_dst(self) -> Dst<'a> {
-        match self {
-            Loose::Str(s) if s.is_empty() => Dst::Missing,
-            Loose::Str(s) => Dst::Id(s),
-            Loose::Null => Dst::Missing,
-            Loose::Other => Dst::NotAString,
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Loose<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct LooseVisitor;
-        impl<'de> Visitor<'de> for LooseVisitor {
-            type Value = Loose<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Owned(s.to_owned())))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Loose::Null)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Loose::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Loose::Other)
-            }
-        }
-        d.deserialize_any(LooseVisitor)
-    }
+    let dst = match envelope.dst {
+        None | Some(Scalar::Null) => Dst::Missing,
+        Some(Scalar::Str(dst)) if dst.is_empty() => Dst::Missing,
+        Some(Scalar::Str(dst)) => Dst::Id(dst),
+        Some(Scalar::Other) => Dst::NotAString,
+    };
+    Ok(ClientFrame {
+        kind,
+        dst,
+        payload: envelope.payload,
+    })
 }
 
 /// Appends `s` as a JSON string literal, escaped as `JSON.stringify` does.
@@ -338,8 +196,8 @@ pub fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// A relayed message: `{"type":T,"src":S,"dst":D[,"payload":P]}` with `P` byte-for-byte.
-pub fn relay_frame(kind: MessageType, src: &str, dst: &str, payload: Option<&RawValue>) -> String {
-    let payload_len = payload.map_or(0, |p| p.get().len() + 12);
+pub fn relay_frame(kind: MessageType, src: &str, dst: &str, payload: Option<&str>) -> String {
+    let payload_len = payload.map_or(0, |p| p.len() + 12);
     let mut out = String::with_capacity(40 + src.len() + dst.len() + payload_len);
     out.push_str(r#"{"type":""#);
     out.push_str(kind.as_str());
@@ -349,7 +207,7 @@ pub fn relay_frame(kind: MessageType, src: &str, dst: &str, payload: Option<&Raw
     push_json_str(&mut out, dst);
     if let Some(payload) = payload {
         out.push_str(r#","payload":"#);
-        out.push_str(payload.get());
+        out.push_str(payload);
     }
     out.push('}');
     out
@@ -441,7 +299,7 @@ mod tests {
         assert_eq!(frame.kind, Some(MessageType::Offer));
         assert_eq!(frame.dst, Dst::Id(Cow::Borrowed("bob")));
         assert_eq!(
-            frame.payload.unwrap().get(),
+            frame.payload.unwrap(),
             r#"{ "sdp" : {"type":"offer","sdp":"v=0\r\n"},"type":"data","connectionId":"dc_1"}"#
         );
     }
@@ -499,7 +357,7 @@ mod tests {
         let text = format!(r#"{{"type":"OFFER","dst":"b","payload":{deep}}}"#);
         let frame = parse_frame(&text)
             .map_err(|e| e.to_string())
-            .map(|f| f.payload.map(|p| p.get().len()));
+            .map(|f| f.payload.map(str::len));
         assert_eq!(frame, Ok(Some(deep.len())));
         // Ignored values are skipped too; whatever the verdict, nothing recurses 100,000 deep.
         for text in [format!(r#"{{"x":{deep}}}"#), format!(r#"{{"dst":{deep}}}"#)] {
@@ -523,9 +381,9 @@ mod tests {
             expire_frame("gone", "me"),
             r#"{"type":"EXPIRE","src":"gone","dst":"me"}"#
         );
-        let payload = RawValue::from_string(r#"{"x": [1, 2.50]}"#.into()).unwrap();
+        let payload = r#"{"x": [1, 2.50]}"#;
         assert_eq!(
-            relay_frame(MessageType::Offer, "a\"b", "c\u{1}", Some(&payload)),
+            relay_frame(MessageType::Offer, "a\"b", "c\u{1}", Some(payload)),
             r#"{"type":"OFFER","src":"a\"b","dst":"c\u0001","payload":{"x": [1, 2.50]}}"#
         );
     }

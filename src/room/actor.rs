@@ -153,7 +153,7 @@ impl RoomActor {
         }
         for (_, member) in self.members.drain() {
             self.shared.release_peer_slot();
-            let _ = member.link.kill.send(CloseReason::Shutdown);
+            member.link.tx.kill(CloseReason::Shutdown);
         }
         for (_, queue) in self.queues.drain() {
             self.shared
@@ -245,7 +245,7 @@ impl RoomActor {
     fn replace(&mut self, request: JoinRequest, reason: CloseReason) -> JoinReply {
         if let Some(old) = self.members.remove(&request.id) {
             tracing::info!(peer = %request.id, reason = reason.as_str(), "peer replaced by a new socket");
-            let _ = old.link.kill.send(reason);
+            old.link.tx.kill(reason);
             if reason == CloseReason::ProbeFailed {
                 // The old incarnation is gone: the room learns it left before it returns.
                 self.announce_leave(&request.id);
@@ -420,7 +420,7 @@ impl RoomActor {
         };
         self.shared.release_peer_slot();
         // If the session asked (it is closing), nobody listens; otherwise this closes it.
-        let _ = member.link.kill.send(reason);
+        member.link.tx.kill(reason);
         self.announce_leave(id);
     }
 

@@ -51,33 +51,28 @@ pub enum Outbound {
 pub struct PeerLink {
     /// This registration.
     pub conn: ConnId,
-    /// The session's outbound queue; the room only ever `try_send`s on it.
+    /// The session's outbound queue; the room only ever `try_send`s on it, and `kill`s it
+    /// when it drops a member the session did not ask to remove (take-over, slow reader,
+    /// failed probe, shutdown).
     pub tx: outbox::OutboxSender,
-    /// Tells the session to close, and why. Used when the room drops a member the session
-    /// did not ask to remove (take-over, slow reader, failed probe).
-    pub kill: oneshot::Sender<CloseReason>,
 }
 
 /// The session's end of its link.
 #[derive(Debug)]
 pub struct SessionLink {
-    /// Frames and probes to write.
+    /// Frames and probes to write, or the room's verdict.
     pub rx: outbox::OutboxReceiver,
-    /// Fires when the room drops this member.
-    pub kill: oneshot::Receiver<CloseReason>,
 }
 
 /// A fresh pair of link ends with an outbound queue of `capacity` frames.
 pub fn link(capacity: usize) -> (PeerLink, SessionLink) {
     let (tx, rx) = outbox::outbox(capacity);
-    let (kill_tx, kill_rx) = oneshot::channel();
     (
         PeerLink {
             conn: next_conn_id(),
             tx,
-            kill: kill_tx,
         },
-        SessionLink { rx, kill: kill_rx },
+        SessionLink { rx },
     )
 }
 

@@ -1,20 +1,22 @@
-//! A member's outbound queue: bounded, single consumer, allocation only while non-empty.
+//! The link from a room to one member's session: a bounded outbound queue plus a kill switch.
 //!
 //! tokio's `mpsc::channel` allocates its first 32-slot block up front (~1.2 KB here), which
 //! every idle peer would carry for its whole life. This queue is a `VecDeque` behind a mutex
 //! that is only locked for a push or a drain, plus an `AtomicWaker` for the one consumer
-//! (registering it is two atomic operations, and a dropped poll costs nothing, unlike a
-//! `Notify` waiter); it allocates on the first push and gives large buffers back once
-//! drained, so an idle peer costs ~150 bytes.
+//! (registering it is a couple of atomic operations, and a dropped poll costs nothing); it
+//! allocates on the first push and gives large buffers back once drained, so an idle peer
+//! costs ~100 bytes. The same state carries the room's verdict when it drops the member
+//! (taken over, slow reader, shutdown), so the session watches one thing instead of three.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
 use super::Outbound;
+use crate::metrics::CloseReason;
 
 /// Buffers above this many slots are released when the queue drains (a busy peer keeps a
 /// small buffer instead of reallocating every batch; an idle one keeps what OPEN needed).
@@ -23,7 +25,7 @@ const KEEP_CAPACITY: usize = 32;
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
-    /// Wakes the consumer after a push or when the sender goes away.
+    /// Wakes the consumer after a push, a kill, or when the sender goes away.
     wake: AtomicWaker,
     capacity: usize,
 }
@@ -31,7 +33,9 @@ struct Inner {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Outbound>,
-    /// The sending side was dropped: nothing more will come.
+    /// Set by [`OutboxSender::kill`]: the session must close with this reason.
+    killed: Option<CloseReason>,
+    /// The sending side is gone: nothing more will come.
     closed: bool,
 }
 
@@ -44,19 +48,28 @@ pub enum SendError {
     Closed,
 }
 
+/// What the session gets from [`OutboxReceiver::recv_all`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// This many items were moved into the buffer.
+    Items(usize),
+    /// The room dropped this member: close with this reason.
+    Killed(CloseReason),
+}
+
 /// The room's end: pushes without ever waiting.
 #[derive(Debug)]
 pub struct OutboxSender {
     inner: Arc<Inner>,
 }
 
-/// The session's end: takes everything queued at once.
+/// The session's end.
 #[derive(Debug)]
 pub struct OutboxReceiver {
     inner: Arc<Inner>,
 }
 
-/// A queue holding at most `capacity` items.
+/// A link whose queue holds at most `capacity` items.
 pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State::default()),
@@ -94,6 +107,12 @@ impl OutboxSender {
         self.inner.wake.wake();
         Ok(())
     }
+
+    /// Tells the session to close with `reason`; queued items are not delivered.
+    pub fn kill(self, reason: CloseReason) {
+        self.inner.lock().killed = Some(reason);
+        // Drop wakes the session.
+    }
 }
 
 impl Drop for OutboxSender {
@@ -104,28 +123,47 @@ impl Drop for OutboxSender {
 }
 
 impl OutboxReceiver {
-    /// Moves every queued item into `out`, waiting for at least one. Returns 0 once the
-    /// sender is gone and the queue is empty. Cancel-safe: nothing is taken until it returns.
-    pub async fn recv_all(&mut self, out: &mut Vec<Outbound>) -> usize {
-        std::future::poll_fn(|cx| self.poll_recv_all(cx, out)).await
+    /// Moves every queued item into `out`, waiting for at least one, or reports the kill.
+    /// A sender dropped without a kill reads as a shutdown. Cancel-safe: nothing is taken
+    /// until it returns.
+    pub async fn recv_all(&mut self, out: &mut Vec<Outbound>) -> Received {
+        poll_fn(|cx| self.poll_recv_all(cx, out)).await
     }
 
-    fn poll_recv_all(&mut self, cx: &mut Context<'_>, out: &mut Vec<Outbound>) -> Poll<usize> {
+    fn poll_recv_all(&mut self, cx: &mut Context<'_>, out: &mut Vec<Outbound>) -> Poll<Received> {
         // Register first, then look: a push after the look wakes this registration.
         self.inner.wake.register(cx.waker());
         let mut state = self.inner.lock();
-        if !state.queue.is_empty() {
-            let n = state.queue.len();
-            out.extend(state.queue.drain(..));
-            if state.queue.capacity() > KEEP_CAPACITY {
-                state.queue.shrink_to(KEEP_CAPACITY);
+        if let Some(verdict) = Self::verdict(&state) {
+            return Poll::Ready(Received::Killed(verdict));
+        }
+        if state.queue.is_empty() {
+            return Poll::Pending;
+        }
+        let n = state.queue.len();
+        out.extend(state.queue.drain(..));
+        if state.queue.capacity() > KEEP_CAPACITY {
+            state.queue.shrink_to(KEEP_CAPACITY);
+        }
+        Poll::Ready(Received::Items(n))
+    }
+
+    /// Resolves when the room drops this member (for racing a slow write).
+    pub async fn killed(&self) -> CloseReason {
+        poll_fn(|cx| {
+            self.inner.wake.register(cx.waker());
+            match Self::verdict(&self.inner.lock()) {
+                Some(verdict) => Poll::Ready(verdict),
+                None => Poll::Pending,
             }
-            return Poll::Ready(n);
-        }
-        if state.closed {
-            return Poll::Ready(0);
-        }
-        Poll::Pending
+        })
+        .await
+    }
+
+    fn verdict(state: &State) -> Option<CloseReason> {
+        state
+            .killed
+            .or(state.closed.then_some(CloseReason::Shutdown))
     }
 }
 
@@ -145,7 +183,7 @@ mod tests {
         assert_eq!(tx.try_send(frame("b")), Ok(()));
         assert_eq!(tx.try_send(frame("c")), Err(SendError::Full));
         let mut out = Vec::new();
-        assert_eq!(rx.recv_all(&mut out).await, 2);
+        assert_eq!(rx.recv_all(&mut out).await, Received::Items(2));
         let texts: Vec<_> = out
             .iter()
             .map(|o| match o {
@@ -158,7 +196,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wakes_the_receiver_and_reports_closing() {
+    async fn wakes_the_receiver_and_reports_a_dropped_sender_as_shutdown() {
         let (tx, mut rx) = outbox(4);
         let waiter = tokio::spawn(async move {
             let mut out = Vec::new();
@@ -170,7 +208,31 @@ mod tests {
         tx.try_send(frame("x")).unwrap();
         tokio::task::yield_now().await;
         drop(tx);
-        assert_eq!(waiter.await.unwrap(), (1, 0));
+        assert_eq!(
+            waiter.await.unwrap(),
+            (Received::Items(1), Received::Killed(CloseReason::Shutdown))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kill_wins_over_queued_items_and_wakes_a_stuck_writer() {
+        let (tx, mut rx) = outbox(4);
+        tx.try_send(frame("never")).unwrap();
+        let (waiting, done) = tokio::sync::oneshot::channel();
+        let rx_task = tokio::spawn(async move {
+            let _ = waiting.send(());
+            let verdict = rx.killed().await;
+            (verdict, rx.recv_all(&mut Vec::new()).await)
+        });
+        done.await.unwrap();
+        tx.kill(CloseReason::SlowReader);
+        assert_eq!(
+            rx_task.await.unwrap(),
+            (
+                CloseReason::SlowReader,
+                Received::Killed(CloseReason::SlowReader)
+            )
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use crate::config::Config;
 
 /// Read buffer per socket. Signaling frames are a few hundred bytes; tungstenite's default
 /// (128 KiB, zero-filled on first read) would cost every idle peer ~136 KB.
-pub const READ_BUFFER: usize = 256;
+pub const READ_BUFFER: usize = 512;
 
 /// Bytes buffered before a write is forced; the session flushes once per batch anyway.
 pub const WRITE_BUFFER: usize = 16 * 1024;

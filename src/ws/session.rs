@@ -1,8 +1,8 @@
 //! One task per socket, from admission to close.
 //!
-//! The task is the socket's only reader and only writer. It `select!`s over: the server's
-//! shutdown, its room's kill signal, its bounded outbound queue (written in batches with one
-//! flush), the next inbound frame, and its alive deadline. The deadline is lazy: each frame
+//! The task is the socket's only reader and only writer. It `select!`s over: its outbox
+//! (frames to write in batches with one flush, or the room's verdict to close: taken over,
+//! slow reader, shutdown), the next inbound frame, and its alive deadline. The deadline is lazy: each frame
 //! only records the time it arrived, and the timer, armed for `last_seen + alive_timeout`,
 //! re-arms itself when it fires early, so an active peer costs no timer work per frame and
 //! an idle one wakes once per timeout.
@@ -25,11 +25,11 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::config::RoomMode;
 use crate::metrics::{CloseReason, DropReason, Rejection};
 use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
+use crate::room::outbox::Received;
 use crate::room::{
     self, JoinReply, JoinRequest, Outbound, Refusal, Relay, RoomCmd, RoomHandle, SessionLink,
 };
@@ -346,10 +346,8 @@ where
 
     async fn serve(&mut self) -> CloseReason {
         let alive_timeout = self.shared.config.alive_timeout;
-        // Created and pinned once: re-creating it per loop turn would re-register a waiter
-        // with the shutdown token for every frame.
-        let shutdown = self.shared.shutdown.token.clone().cancelled_owned();
-        tokio::pin!(shutdown);
+        // No shutdown watch here: on shutdown the room actor kills every member through its
+        // outbox, so the loop watches one thing for all of the room's verdicts.
         let deadline = sleep_until(self.last_seen + alive_timeout);
         tokio::pin!(deadline);
         // Grows to the largest batch seen; an idle peer holds none.
@@ -357,13 +355,11 @@ where
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return CloseReason::Shutdown,
-                why = &mut self.link.kill => return why.unwrap_or(CloseReason::Shutdown),
-                n = self.link.rx.recv_all(&mut batch) => {
-                    if n == 0 {
-                        return CloseReason::Shutdown;
+                received = self.link.rx.recv_all(&mut batch) => {
+                    if let Received::Killed(why) = received {
+                        return why;
                     }
-                    if let Err(why) = self.write(&mut batch, shutdown.as_mut()).await {
+                    if let Err(why) = self.write(&mut batch).await {
                         return why;
                     }
                 }
@@ -389,12 +385,9 @@ where
     }
 
     /// Writes a batch of outbound items with one flush. A socket that cannot take them is
-    /// raced against shutdown and the kill signal, so a stuck writer never outlives either.
-    async fn write(
-        &mut self,
-        batch: &mut Vec<Outbound>,
-        shutdown: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
-    ) -> Result<(), CloseReason> {
+    /// raced against the room's kill (slow reader, shutdown), so a stuck writer never
+    /// outlives it.
+    async fn write(&mut self, batch: &mut Vec<Outbound>) -> Result<(), CloseReason> {
         let ws = &mut self.ws;
         let probes = &mut self.probes;
         let io = async {
@@ -411,8 +404,7 @@ where
         };
         tokio::select! {
             biased;
-            _ = shutdown => Err(CloseReason::Shutdown),
-            why = &mut self.link.kill => Err(why.unwrap_or(CloseReason::Shutdown)),
+            why = self.link.rx.killed() => Err(why),
             result = io => result.map_err(|_| CloseReason::ClientGone),
         }
     }
