@@ -32,6 +32,19 @@ const BATCH: usize = 32;
 /// One relayed message in this many is timed for the latency histogram (a clock read each).
 const LATENCY_SAMPLE: u64 = 8;
 
+/// What happened to a frame handed to [`RoomActor::try_deliver`].
+enum Delivery {
+    /// In the member's outbound queue.
+    Delivered,
+    /// No such member: the frame comes back (to be queued or dropped).
+    Absent(Utf8Bytes),
+    /// The member could not take it (and was closed if it stopped reading).
+    Failed,
+}
+
+/// Hash maps keyed by peer ids: foldhash, seeded per process (ids come from clients).
+type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A registered peer.
 #[derive(Debug)]
 struct Member {
@@ -60,8 +73,8 @@ pub struct RoomActor {
     actor_id: ActorId,
     mailbox: mpsc::Receiver<RoomCmd>,
     shared: Arc<Shared>,
-    members: HashMap<Arc<str>, Member>,
-    queues: HashMap<Box<str>, Queue>,
+    members: IdMap<Arc<str>, Member>,
+    queues: IdMap<Box<str>, Queue>,
     /// (deadline, id, generation) of every queue, oldest first. All queues share one
     /// expire timeout, so creation order is expiry order. Entries of flushed queues are
     /// skipped when they come up.
@@ -85,8 +98,8 @@ impl RoomActor {
             actor_id,
             mailbox,
             shared,
-            members: HashMap::new(),
-            queues: HashMap::new(),
+            members: IdMap::default(),
+            queues: IdMap::default(),
             deadlines: VecDeque::new(),
             next_generation: 0,
             next_join: 0,
@@ -289,34 +302,48 @@ impl RoomActor {
             frame,
             read_at,
         } = relay;
-        if self.members.contains_key(&*dst) {
-            let sampled = self.relayed % LATENCY_SAMPLE == 0;
-            self.relayed = self.relayed.wrapping_add(1);
-            if self.deliver(&dst, kind, frame) && sampled {
-                let latency = read_at.elapsed().as_secs_f64();
-                self.shared.metrics.relay_latency.observe(latency);
+        match self.try_deliver(&dst, kind, frame) {
+            Delivery::Delivered => {
+                if self.relayed % LATENCY_SAMPLE == 0 {
+                    let latency = read_at.elapsed().as_secs_f64();
+                    self.shared.metrics.relay_latency.observe(latency);
+                }
+                self.relayed = self.relayed.wrapping_add(1);
             }
-        } else if kind.is_queued_when_offline() {
-            self.enqueue(src, kind, dst, frame);
-        } else {
-            self.shared
+            Delivery::Absent(frame) if kind.is_queued_when_offline() => {
+                self.enqueue(src, kind, dst, frame)
+            }
+            Delivery::Absent(_) => self
+                .shared
                 .metrics
-                .drop_messages(DropReason::Undeliverable, 1);
+                .drop_messages(DropReason::Undeliverable, 1),
+            Delivery::Failed => {}
         }
     }
 
-    /// Hands a frame to a connected member. A member whose queue is full is closed.
+    /// Hands a frame to a connected member; `false` if it is not there or not reading.
     fn deliver(&mut self, dst: &str, kind: MessageType, frame: Utf8Bytes) -> bool {
+        match self.try_deliver(dst, kind, frame) {
+            Delivery::Delivered => true,
+            Delivery::Absent(_) => {
+                self.shared
+                    .metrics
+                    .drop_messages(DropReason::Undeliverable, 1);
+                false
+            }
+            Delivery::Failed => false,
+        }
+    }
+
+    /// One lookup, one push. A member whose queue is full is closed as a slow reader.
+    fn try_deliver(&mut self, dst: &str, kind: MessageType, frame: Utf8Bytes) -> Delivery {
         let Some(member) = self.members.get(dst) else {
-            self.shared
-                .metrics
-                .drop_messages(DropReason::Undeliverable, 1);
-            return false;
+            return Delivery::Absent(frame);
         };
         match member.link.tx.try_send(Outbound::Frame(frame)) {
             Ok(()) => {
                 self.shared.metrics.relay(kind);
-                true
+                Delivery::Delivered
             }
             Err(SendError::Full) => {
                 self.shared.metrics.drop_messages(DropReason::SlowReader, 1);
@@ -325,7 +352,7 @@ impl RoomActor {
                     tracing::info!(peer = %id, "outbound queue full; closing slow reader");
                     self.remove(&id, CloseReason::SlowReader);
                 }
-                false
+                Delivery::Failed
             }
             Err(SendError::Closed) => {
                 // The session ended and its Leave is on the way: the message is lost, as it
@@ -333,7 +360,7 @@ impl RoomActor {
                 self.shared
                     .metrics
                     .drop_messages(DropReason::Undeliverable, 1);
-                false
+                Delivery::Failed
             }
         }
     }
