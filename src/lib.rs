@@ -18,7 +18,8 @@
 //! One accept loop per listener; one task per HTTP connection until it upgrades; one task per
 //! WebSocket (its only reader and writer); one actor per room. Every channel is bounded and
 //! every task is spawned on the shutdown [`TaskTracker`](tokio_util::task::TaskTracker) and
-//! ends on the shutdown token, so [`Server::run`] can wait for all of them.
+//! ends on shutdown (accept loops and connections on the token, room actors on a `Shutdown`
+//! command, sessions when their room closes them), so [`Server::run`] can wait for all of them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -117,6 +118,7 @@ impl Server {
         tracing::info!(peers = shared.peer_count(), "shutting down");
         shared.draining.store(true, Ordering::Release);
         shared.shutdown.token.cancel();
+        shared.rooms.shutdown_all(&shared);
         shared.shutdown.tracker.close();
         let deadline = shared.config.shutdown_timeout;
         match tokio::time::timeout(deadline, shared.shutdown.tracker.wait()).await {

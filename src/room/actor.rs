@@ -115,9 +115,8 @@ impl RoomActor {
         let timer = sleep_until(far_future);
         tokio::pin!(timer);
         let mut armed_for: Option<Instant> = None;
-        // Pinned once, so its waiter is registered once, not per wake-up.
-        let shutdown = self.shared.shutdown.token.clone().cancelled_owned();
-        tokio::pin!(shutdown);
+        // Shutdown arrives as a command (see `RoomRegistry::shutdown_all`): watching the
+        // cancellation token here would take its mutex on every wake-up.
         loop {
             let next = self.deadlines.front().map(|d| d.0);
             if next != armed_for {
@@ -126,13 +125,19 @@ impl RoomActor {
             }
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
                 n = self.mailbox.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         break;
                     }
+                    let mut stop = false;
                     for cmd in batch.drain(..) {
-                        self.handle(cmd);
+                        match cmd {
+                            RoomCmd::Shutdown => stop = true,
+                            cmd => self.handle(cmd),
+                        }
+                    }
+                    if stop {
+                        break;
                     }
                 }
                 _ = &mut timer, if next.is_some() => self.expire_due(Instant::now()),
@@ -161,7 +166,7 @@ impl RoomActor {
                 RoomCmd::ListPeers { reply } => {
                     let _ = reply.send(Vec::new());
                 }
-                RoomCmd::Relay(_) | RoomCmd::Leave { .. } => {}
+                RoomCmd::Relay(_) | RoomCmd::Leave { .. } | RoomCmd::Shutdown => {}
             }
         }
         for (_, member) in self.members.drain() {
@@ -196,6 +201,7 @@ impl RoomActor {
                     self.remove(&id, reason);
                 }
             }
+            RoomCmd::Shutdown => {} // handled by the run loop
             RoomCmd::ListPeers { reply } => {
                 let mut peers: Vec<(&Arc<str>, u64)> =
                     self.members.iter().map(|(id, m)| (id, m.joined)).collect();

@@ -150,6 +150,8 @@ pub enum RoomCmd {
         /// Why (for logs and metrics).
         reason: CloseReason,
     },
+    /// The server is shutting down: close every member (1001) and end.
+    Shutdown,
     /// List the members' ids in the order they joined.
     ListPeers {
         /// The answer.

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::RoomHandle;
 use super::actor::RoomActor;
+use super::{RoomCmd, RoomHandle};
 use crate::state::Shared;
 
 /// Identifies one actor incarnation, so an ending actor never removes its successor.
@@ -23,6 +23,8 @@ pub type ActorId = u64;
 pub struct RoomRegistry {
     rooms: Mutex<HashMap<Box<str>, (ActorId, RoomHandle)>>,
     next_actor: std::sync::atomic::AtomicU64,
+    /// Set by [`RoomRegistry::shutdown_all`]: rooms spawned later are told to stop at once.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl RoomRegistry {
@@ -47,7 +49,30 @@ impl RoomRegistry {
         shared.metrics.rooms.inc();
         let actor = RoomActor::new(Box::from(key), actor_id, rx, Arc::clone(shared));
         shared.shutdown.tracker.spawn(actor.run());
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // The mailbox is empty, so this fits.
+            let _ = handle.try_send(RoomCmd::Shutdown);
+        }
         handle
+    }
+
+    /// Tells every room to close its members (1001) and end. A full mailbox gets the command
+    /// from a task that waits for room, so the caller never blocks.
+    pub fn shutdown_all(&self, shared: &Shared) {
+        let rooms = self.lock();
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        for (_, handle) in rooms.values() {
+            if let Err(TrySendError::Full(cmd)) = handle.try_send(RoomCmd::Shutdown) {
+                let handle = handle.clone();
+                shared.shutdown.tracker.spawn(async move {
+                    let _ = handle.send(cmd).await;
+                });
+            }
+        }
     }
 
     /// The room's actor if the room exists.
@@ -72,7 +97,7 @@ impl RoomRegistry {
         &self,
         key: &str,
         actor: ActorId,
-        mailbox: &mut mpsc::Receiver<super::RoomCmd>,
+        mailbox: &mut mpsc::Receiver<RoomCmd>,
         shared: &Shared,
     ) -> bool {
         let mut rooms = self.lock();
