@@ -65,6 +65,8 @@ function oneLine(s) {
 }
 
 class CheckFailure extends Error {}
+// Thrown by a check that does not apply to this server (after asserting why, where it can).
+class CheckSkip extends Error {}
 
 function assert(cond, msg) {
   if (!cond) throw new CheckFailure(msg);
@@ -98,9 +100,9 @@ function freePort() {
   });
 }
 
-function httpGet(url, timeoutMs = 1000) {
+function httpGet(url, timeoutMs = 1000, headers = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { timeout: timeoutMs }, (res) => {
+    const req = http.get(url, { timeout: timeoutMs, headers }, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (c) => (body += c));
@@ -148,6 +150,16 @@ async function startStaticServer() {
 const children = new Set();
 process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
+  // A stopped Chromium process would otherwise outlive us (Playwright kills the browser's
+  // process group with SIGKILL on exit, which also ends stopped processes; resume anyway).
+  for (const e of extraBrowsers) {
+    e.thaw();
+    try {
+      if (e.pid) process.kill(-e.pid, "SIGKILL");
+    } catch {
+      /* already gone */
+    }
+  }
 });
 for (const sig of ["SIGINT", "SIGTERM"]) {
   process.on(sig, () => {
@@ -180,6 +192,8 @@ async function startSignalingServer(opts = {}) {
   children.add(child);
   child.on("exit", () => children.delete(child));
   const output = [];
+  const logLines = []; // stdout lines parsed as JSON (peerjsd logs one JSON object a line)
+  const logWaiters = [];
   let exited = null;
   const onData = (stream) => (chunk) => {
     for (const line of chunk.toString().split("\n")) {
@@ -187,6 +201,20 @@ async function startSignalingServer(opts = {}) {
       output.push(`[${stream}] ${line}`);
       if (output.length > 400) output.shift();
       if (VERBOSE) log(`  server ${stream}: ${line}`);
+      let obj = null;
+      try {
+        obj = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      if (!obj || typeof obj !== "object") continue;
+      logLines.push(obj);
+      for (const w of [...logWaiters]) {
+        if (w.pred(obj)) {
+          logWaiters.splice(logWaiters.indexOf(w), 1);
+          w.resolve(obj);
+        }
+      }
     }
   };
   child.stdout.on("data", onData("out"));
@@ -222,6 +250,18 @@ async function startSignalingServer(opts = {}) {
     key,
     desc,
     output,
+    // Wait for a JSON log line matching pred (also looks at the lines already logged).
+    waitLog(pred, ms, what) {
+      const hit = logLines.find(pred);
+      if (hit) return Promise.resolve(hit);
+      const w = { pred };
+      return withTimeout(new Promise((resolve) => {
+        w.resolve = resolve;
+        logWaiters.push(w);
+      }), ms, what).finally(() => {
+        if (logWaiters.includes(w)) logWaiters.splice(logWaiters.indexOf(w), 1);
+      });
+    },
     async stop() {
       if (exited) return;
       const t0 = Date.now();
@@ -240,19 +280,65 @@ async function startSignalingServer(opts = {}) {
 let browser;
 let pageUrl;
 
-// The browser process we spawned (the /usr/bin/chromium wrapper execs it): our child
-// whose command line names chromium. Returns its argv, or null if not found.
-function chromiumArgv() {
+// ---- processes, from /proc
+
+// pid -> {ppid, state} of every process on the machine.
+function procTable() {
+  const table = new Map();
   for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid !== process.pid) continue;
-      const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
-      if (argv.some((a) => a.startsWith("--remote-debugging-pipe"))) return argv;
+      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      table.set(Number(pid), { state: rest[0], ppid: Number(rest[1]) });
     } catch {
       /* process went away */
     }
+  }
+  return table;
+}
+
+function procArgv(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+// All descendants of `root` (children, their children, ...).
+function descendants(root) {
+  const table = procTable();
+  const out = [];
+  const todo = [root];
+  while (todo.length) {
+    const parent = todo.pop();
+    for (const [pid, p] of table) {
+      if (p.ppid === parent) {
+        out.push(pid);
+        todo.push(pid);
+      }
+    }
+  }
+  return out;
+}
+
+// True when every thread of `pid` is in the stopped state (T).
+function isStopped(pid) {
+  const tasks = readdirSync(`/proc/${pid}/task`);
+  return tasks.length > 0 && tasks.every((t) => {
+    const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] === "T";
+  });
+}
+
+// The browser process we spawned (the /usr/bin/chromium wrapper execs it): our child whose
+// command line has Playwright's --remote-debugging-pipe and our --e2e-role=<role> marker
+// (more than one Chromium may run). Returns {pid, argv}, or null if not found.
+function chromiumProcess(role) {
+  for (const [pid, p] of procTable()) {
+    if (p.ppid !== process.pid) continue;
+    const argv = procArgv(pid);
+    if (argv.some((a) => a.startsWith("--remote-debugging-pipe")) && argv.includes(`--e2e-role=${role}`)) return { pid, argv };
   }
   return null;
 }
@@ -260,31 +346,107 @@ function chromiumArgv() {
 // Chromium keeps only the LAST --disable-features switch. Playwright passes its own list
 // first, so ours would silently drop it. Launch, read the real command line back, and if
 // there is more than one --disable-features, relaunch with a single merged one.
-async function launchBrowser() {
+// `role` names the browser on its command line (an unknown switch, which Chromium ignores):
+// "main" for the one every check uses, "holder" for the separate one of the silent-holder
+// check. Returns {browser, pid} (pid: the browser process, leader of its process group).
+// The merged arguments, once known, are reused for later launches (no second relaunch).
+let mergedLaunch = null;
+async function launchBrowser(role) {
+  const base = [...CHROMIUM_ARGS, `--e2e-role=${role}`];
   const launch = (args, ignoreDefaultArgs) =>
     chromium.launch({ executablePath: CHROMIUM_BIN, headless: true, args, ignoreDefaultArgs, timeout: 60000 });
-  let b = await launch(CHROMIUM_ARGS);
-  const argv = chromiumArgv();
-  if (!argv) {
-    log("# warning: could not read the Chromium command line; --disable-features left as passed");
-    return b;
+  if (mergedLaunch) {
+    const b = await launch([...mergedLaunch.args, `--e2e-role=${role}`], mergedLaunch.ignoreDefaultArgs);
+    const proc = chromiumProcess(role);
+    const check = (proc ? proc.argv : []).filter((a) => a.startsWith("--disable-features="));
+    if (check.length !== 1) {
+      await b.close().catch(() => {});
+      throw new Error(`could not merge --disable-features: ${JSON.stringify(check)}`);
+    }
+    return { browser: b, pid: proc.pid };
   }
-  const ours = CHROMIUM_ARGS.filter((a) => a.startsWith("--disable-features="));
-  const theirs = argv.filter((a) => a.startsWith("--disable-features=") && !ours.includes(a));
-  if (theirs.length === 0 || ours.length === 0) return b;
+  let b = await launch(base);
+  let proc = chromiumProcess(role);
+  if (!proc) {
+    log("# warning: could not read the Chromium command line; --disable-features left as passed");
+    return { browser: b, pid: null };
+  }
+  const ours = base.filter((a) => a.startsWith("--disable-features="));
+  const theirs = proc.argv.filter((a) => a.startsWith("--disable-features=") && !ours.includes(a));
+  if (theirs.length === 0 || ours.length === 0) return { browser: b, pid: proc.pid };
   await b.close();
   const merged = [...new Set([...theirs, ...ours].flatMap((a) => a.slice("--disable-features=".length).split(",")).filter(Boolean))];
-  const args = [...CHROMIUM_ARGS.filter((a) => !ours.includes(a)), `--disable-features=${merged.join(",")}`];
+  const args = [...base.filter((a) => !ours.includes(a)), `--disable-features=${merged.join(",")}`];
   b = await launch(args, theirs);
-  const check = (chromiumArgv() || []).filter((a) => a.startsWith("--disable-features="));
+  proc = chromiumProcess(role);
+  const check = (proc ? proc.argv : []).filter((a) => a.startsWith("--disable-features="));
   if (check.length !== 1) throw new Error(`could not merge --disable-features: ${JSON.stringify(check)}`);
-  if (VERBOSE) log(`# ${check[0]}`);
-  return b;
+  if (VERBOSE) log(`# ${role}: ${check[0]}`);
+  mergedLaunch = { args: args.filter((a) => a !== `--e2e-role=${role}`), ignoreDefaultArgs: theirs };
+  return { browser: b, pid: proc.pid };
 }
+
+// Chromium's network service: the utility process that owns every socket of that browser,
+// WebSockets included (it also answers their pings, not the page). A child of the browser
+// process; found by its command line. (Chromium rewrites a child's /proc/<pid>/cmdline to
+// one space-separated string, so this matches words, not NUL-separated arguments.)
+function networkServicePid(browserPid) {
+  const re = /(^|\s)--utility-sub-type=network\.mojom\.NetworkService(\s|$)/;
+  return descendants(browserPid).find((pid) => procArgv(pid).some((a) => re.test(a))) ?? null;
+}
+
+// Extra browsers a check started (the silent-holder check's own Chromium), with the pid it
+// SIGSTOPped. release() resumes and closes; the runner calls it after every check, so a
+// check that failed or ran out of time never leaves a stopped process behind.
+const extraBrowsers = new Set();
+
+function trackExtraBrowser(browser, pid) {
+  const entry = {
+    browser,
+    pid,
+    stopped: null,
+    freeze(target) {
+      if (!extraBrowsers.has(entry)) throw new CheckFailure("the extra browser was already released");
+      entry.stopped = target;
+      process.kill(target, "SIGSTOP");
+    },
+    thaw() {
+      if (entry.stopped === null) return;
+      try {
+        process.kill(entry.stopped, "SIGCONT");
+      } catch {
+        /* already gone */
+      }
+      entry.stopped = null;
+    },
+    async release() {
+      if (!extraBrowsers.has(entry)) return;
+      entry.thaw();
+      try {
+        await withTimeout(browser.close(), 10000, "closing the extra browser");
+      } catch (e) {
+        log(`# ${e.message}; killing its process group ${pid}`);
+        try {
+          if (pid) process.kill(-pid, "SIGKILL");
+        } catch {
+          /* already gone */
+        }
+      }
+      extraBrowsers.delete(entry);
+    },
+  };
+  extraBrowsers.add(entry);
+  return entry;
+}
+
+async function releaseExtraBrowsers() {
+  await Promise.all([...extraBrowsers].map((e) => e.release()));
+}
+
 const openContexts = new Set();
 
-async function newPeerPage(label) {
-  const context = await browser.newContext();
+async function newPeerPage(label, inBrowser = browser) {
+  const context = await inBrowser.newContext();
   openContexts.add(context);
   const page = await context.newPage();
   page.label = label;
@@ -405,6 +567,7 @@ const NAMES = {
   serverId: "no id: the server's {path}{key}/id gives a 36-char UUID and the peer opens",
   idTaken: "taken id: a second peer gets unavailable-id while the holder is alive",
   idFreed: "taken id: after the holder's page closes a new peer gets the id within seconds (alive-timeout 60 s)",
+  silentHolder: "taken id: a holder whose socket went silent (its Chromium's network service SIGSTOPped) loses the id to a new peer within seconds (ping probe, alive-timeout 60 s)",
   reconnect: "disconnect() then reconnect() opens again with the same id and can connect again",
   media: "media call with the fake camera: callee answers and both sides get a playing video track",
   roomMesh: "rooms: four peers with token room1 form a full mesh and all 12 directed messages arrive",
@@ -476,6 +639,99 @@ async function checkIdFreed(server) {
   assert(r.ok, `new peer with the freed id did not open: ${r.type} ${JSON.stringify(r.message)} (${ms} ms after the holder's page closed)`);
   assert(ms < 5000, `took ${ms} ms after the holder's page closed (limit 5000)`);
   log(`# ${NAMES.idFreed}: id reusable ${ms} ms after the page closed`);
+}
+
+// peerjsd's Prometheus counter peerjs_sessions_closed_total{reason="<reason>"}.
+async function sessionsClosed(server, reason) {
+  const r = await httpGet(`http://127.0.0.1:${server.port}/metrics`, 2000, { accept: "text/plain" });
+  assertEq(r.status, 200, "GET /metrics status");
+  const m = r.body.match(new RegExp(`^peerjs_sessions_closed_total\\{reason="${reason}"\\} (\\d+)$`, "m"));
+  assert(m, `GET /metrics has no peerjs_sessions_closed_total{reason="${reason}"}`);
+  return Number(m[1]);
+}
+
+// Wait (bounded) until every thread of `pid` is stopped: SIGSTOP takes effect
+// asynchronously. This and the server-readiness loop are the suite's only polls.
+async function waitStopped(pid, ms) {
+  const deadline = Date.now() + ms;
+  while (!isStopped(pid)) {
+    if (Date.now() > deadline) throw new CheckFailure(`process ${pid} not stopped ${ms} ms after SIGSTOP`);
+    await new Promise((r) => setTimeout(r, 5)); // stop-state poll interval
+  }
+}
+
+const TOOK_OVER = "id holder did not answer a ping; taking the id over";
+
+// The holder's page runs in a Chromium of its own; its network service (the process that
+// owns the holder's TCP socket and answers WebSocket pings) is SIGSTOPped. The socket stays
+// open (the kernel still ACKs), the page still believes it is connected, but nothing answers:
+// a laptop whose network dropped. A new Peer with the same id from the main browser must
+// open within 5 s: peerjsd pings the holder, gets no pong within --probe-timeout (1.5 s) and
+// replaces it. The reference answers ID-TAKEN until its alive timeout (60 s): asserted, then
+// reported as a skip.
+async function checkSilentHolder(server) {
+  const id = `silent-${RUN}`;
+  const reference = SERVER_KIND === "reference";
+  const tLaunch = Date.now();
+  const launched = await launchBrowser("holder");
+  const launchMs = Date.now() - tLaunch;
+  const frozen = trackExtraBrowser(launched.browser, launched.pid);
+  try {
+    assert(launched.pid, "could not find the holder browser's process");
+    const holder = await newPeerPage("holder", launched.browser);
+    await openPeerOk(holder, id, peerOptions(server));
+    const newcomer = await newPeerPage("newcomer");
+    const third = await newPeerPage("third");
+    const before = reference ? 0 : await sessionsClosed(server, "probe_failed");
+
+    const ns = networkServicePid(launched.pid);
+    assert(ns, `no --utility-sub-type=network.mojom.NetworkService process under the holder's browser (pid ${launched.pid})`);
+    frozen.freeze(ns);
+    await waitStopped(ns, 2000);
+    // The page itself runs on (another process) and still sees an open signaling socket.
+    const seen = await ev(holder, () => ({ open: window.E2E.peer.open, disconnected: window.E2E.peer.disconnected }));
+    assertEq(seen, { open: true, disconnected: false }, "frozen holder's own view");
+
+    const t0 = Date.now();
+    const r = await openPeer(newcomer, id, peerOptions(server), 10000);
+    const ms = Date.now() - t0;
+    log(`# ${NAMES.silentHolder}: holder's Chromium launched in ${launchMs} ms; its network service (pid ${ns}) stopped; the new peer got ${r.ok ? `open ${r.id}` : `${r.type} ${JSON.stringify(r.message)}`} after ${ms} ms`);
+    if (reference) {
+      assertEq({ ok: r.ok, type: r.type, message: r.message }, { ok: false, type: "unavailable-id", message: `ID "${id}" is taken` }, "new peer (reference)");
+      throw new CheckSkip("reference answers unavailable-id until its alive timeout");
+    }
+    assert(r.ok, `new peer with the silent holder's id did not open: ${r.type} ${JSON.stringify(r.message)} (after ${ms} ms)`);
+    assertEq(r.id, id, "new peer's id");
+    assert(ms < 5000, `took ${ms} ms (limit 5000)`);
+
+    // The id now routes to the new holder: a third peer opens a data connection to it.
+    const tId = await openPeerOk(third, `third-silent-${RUN}`, peerOptions(server));
+    await ev(third, (h) => window.E2E.connect(h, 15000), id);
+    await ev(newcomer, (t) => window.E2E.waitIncoming(t, 15000), tId);
+    await ev(third, (h) => window.E2E.send(h, { kind: "string", value: "to the new holder" }), id);
+    assertEq(await ev(newcomer, (t) => window.E2E.receive(t, 1, 10000), tId), [{ kind: "string", value: "to the new holder" }], "message third→new holder");
+    await ev(newcomer, (t) => window.E2E.send(t, { kind: "string", value: "from the new holder" }), tId);
+    assertEq(await ev(third, (h) => window.E2E.receive(h, 1, 10000), id), [{ kind: "string", value: "from the new holder" }], "message new holder→third");
+
+    // The server replaced the frozen session because its probe failed. The old session's
+    // "peer closed" comes up to 2 s later: peerjsd waits that long for a close handshake
+    // the frozen side cannot answer.
+    const took = await server.waitLog((l) => l.message === TOOK_OVER && l.peer === id, 3000, `server log "${TOOK_OVER}"`);
+    await server.waitLog((l) => l.message === "peer replaced by a new socket" && l.peer === id && l.reason === "probe_failed", 3000, `server log "peer replaced by a new socket" (probe_failed)`);
+    const closed = await server.waitLog((l) => l.message === "peer closed" && l.peer === id, 5000, `server log "peer closed" for ${id}`);
+    assertEq(closed.reason, "probe_failed", `reason of the old session's "peer closed"`);
+    log(`# ${NAMES.silentHolder}: old session closed (probe_failed) ${Date.parse(closed.timestamp) - Date.parse(took.timestamp)} ms after the takeover`);
+    assertEq(await sessionsClosed(server, "probe_failed") - before, 1, `peerjs_sessions_closed_total{reason="probe_failed"} increase`);
+
+    // Resumed, the old holder reads what waited in its socket: the server had closed it.
+    const mark = await ev(holder, () => window.E2E.mark());
+    frozen.thaw();
+    const lost = await ev(holder, (m) => window.E2E.waitEvent("error", 5000, m).then((e) => ({ type: e.type, message: e.message })), mark);
+    assertEq(lost, { type: "network", message: "Lost connection to server." }, "old holder after SIGCONT");
+    await ev(holder, (m) => window.E2E.waitEvent("disconnected", 5000, m), mark);
+  } finally {
+    await frozen.release(); // SIGCONT (if still stopped), then close that browser
+  }
 }
 
 async function checkReconnect(server) {
@@ -658,6 +914,7 @@ const GROUPS = [
       [NAMES.serverId, checkServerId],
       [NAMES.idTaken, checkIdTaken],
       [NAMES.idFreed, checkIdFreed],
+      [NAMES.silentHolder, checkSilentHolder],
       [NAMES.reconnect, checkReconnect],
       [NAMES.media, checkMedia],
       [NAMES.wrongPathNoId, checkWrongPathNoId],
@@ -731,7 +988,7 @@ async function main() {
   const started = Date.now();
   const stat = await startStaticServer();
   pageUrl = stat.url;
-  browser = await launchBrowser();
+  ({ browser } = await launchBrowser("main"));
   log(`# server ${SERVER_KIND}${SERVER_KIND === "peerjsd" ? ` (${PEERJSD_BIN})` : ""}, Chromium ${browser.version()}, pages ${pageUrl}, run ${RUN}`);
 
   try {
@@ -778,18 +1035,26 @@ async function main() {
             } catch (e) {
               err = e;
             }
-            groupFailed ||= !!err;
-            report(name, err, Date.now() - t0);
+            await releaseExtraBrowsers();
+            if (err instanceof CheckSkip) {
+              skip(name, err.message);
+              log(`# ${Date.now() - t0} ms  ${name}`);
+            } else {
+              groupFailed ||= !!err;
+              report(name, err, Date.now() - t0);
+            }
             await closeAllContexts();
           }
         }
       } finally {
+        await releaseExtraBrowsers();
         await closeAllContexts();
         if (groupFailed) dumpServer(server);
         if (server) await server.stop();
       }
     }
   } finally {
+    await releaseExtraBrowsers();
     await browser.close().catch(() => {});
     stat.server.close();
   }
