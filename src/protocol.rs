@@ -197,6 +197,17 @@ pub fn push_json_str(out: &mut String, s: &str) {
 
 /// A relayed message: `{"type":T,"src":S,"dst":D[,"payload":P]}` with `P` byte-for-byte.
 pub fn relay_frame(kind: MessageType, src: &str, dst: &str, payload: Option<&str>) -> String {
+    relay_frame_locating_dst(kind, src, dst, payload).0
+}
+
+/// [`relay_frame`], plus where `dst` appears verbatim in it (when it needed no escaping), so
+/// the router can read the destination from the frame instead of keeping its own copy.
+pub fn relay_frame_locating_dst(
+    kind: MessageType,
+    src: &str,
+    dst: &str,
+    payload: Option<&str>,
+) -> (String, Option<std::ops::Range<usize>>) {
     let payload_len = payload.map_or(0, |p| p.len() + 12);
     let mut out = String::with_capacity(40 + src.len() + dst.len() + payload_len);
     out.push_str(r#"{"type":""#);
@@ -204,13 +215,16 @@ pub fn relay_frame(kind: MessageType, src: &str, dst: &str, payload: Option<&str
     out.push_str(r#"","src":"#);
     push_json_str(&mut out, src);
     out.push_str(r#","dst":"#);
+    let quote = out.len();
     push_json_str(&mut out, dst);
+    let verbatim = out.len() - quote == dst.len() + 2;
+    let dst_at = verbatim.then(|| quote + 1..quote + 1 + dst.len());
     if let Some(payload) = payload {
         out.push_str(r#","payload":"#);
         out.push_str(payload);
     }
     out.push('}');
-    out
+    (out, dst_at)
 }
 
 /// `{"type":"EXPIRE","src":<unreachable>,"dst":<sender>}` (reference §3).
@@ -386,6 +400,16 @@ mod tests {
             relay_frame(MessageType::Offer, "a\"b", "c\u{1}", Some(payload)),
             r#"{"type":"OFFER","src":"a\"b","dst":"c\u0001","payload":{"x": [1, 2.50]}}"#
         );
+    }
+
+    #[test]
+    fn the_destination_is_located_in_the_frame_when_verbatim() {
+        let (frame, at) = relay_frame_locating_dst(MessageType::Offer, "a", "bob", Some("1"));
+        assert_eq!(at.map(|r| &frame[r]), Some("bob"));
+        let (_, at) = relay_frame_locating_dst(MessageType::Offer, "a", "b\"ob", None);
+        assert_eq!(at, None, "escaped ids are not verbatim");
+        let (frame, at) = relay_frame_locating_dst(MessageType::Offer, "a\n", "é x", None);
+        assert_eq!(at.map(|r| &frame[r]), Some("é x"));
     }
 
     #[test]

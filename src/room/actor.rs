@@ -32,16 +32,6 @@ const BATCH: usize = 32;
 /// One relayed message in this many is timed for the latency histogram (a clock read each).
 const LATENCY_SAMPLE: u64 = 8;
 
-/// What happened to a frame handed to [`RoomActor::try_deliver`].
-enum Delivery {
-    /// In the member's outbound queue.
-    Delivered,
-    /// No such member: the frame comes back (to be queued or dropped).
-    Absent(Utf8Bytes),
-    /// The member could not take it (and was closed if it stopped reading).
-    Failed,
-}
-
 /// Hash maps keyed by peer ids: foldhash, seeded per process (ids come from clients).
 type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -308,66 +298,74 @@ impl RoomActor {
             frame,
             read_at,
         } = relay;
-        match self.try_deliver(&dst, kind, frame) {
-            Delivery::Delivered => {
+        // The id is read from the frame itself; only the offline path copies it.
+        let pushed = match self.members.get(dst.resolve(&frame)) {
+            Some(member) => member.link.tx.try_send(Outbound::Frame(frame)),
+            None if kind.is_queued_when_offline() => {
+                let dst = Box::from(dst.resolve(&frame));
+                return self.enqueue(src, kind, dst, frame);
+            }
+            None => {
+                return self
+                    .shared
+                    .metrics
+                    .drop_messages(DropReason::Undeliverable, 1);
+            }
+        };
+        match pushed {
+            Ok(()) => {
+                self.shared.metrics.relay(kind);
                 if self.relayed % LATENCY_SAMPLE == 0 {
                     let latency = read_at.elapsed().as_secs_f64();
                     self.shared.metrics.relay_latency.observe(latency);
                 }
                 self.relayed = self.relayed.wrapping_add(1);
             }
-            Delivery::Absent(frame) if kind.is_queued_when_offline() => {
-                self.enqueue(src, kind, dst, frame)
-            }
-            Delivery::Absent(_) => self
-                .shared
-                .metrics
-                .drop_messages(DropReason::Undeliverable, 1),
-            Delivery::Failed => {}
+            Err((why, Outbound::Frame(frame))) => self.push_failed(why, dst.resolve(&frame)),
+            Err((_, Outbound::Probe(_))) => {} // not pushed here: a frame was
         }
     }
 
     /// Hands a frame to a connected member; `false` if it is not there or not reading.
     fn deliver(&mut self, dst: &str, kind: MessageType, frame: Utf8Bytes) -> bool {
-        match self.try_deliver(dst, kind, frame) {
-            Delivery::Delivered => true,
-            Delivery::Absent(_) => {
+        let pushed = match self.members.get(dst) {
+            Some(member) => member.link.tx.try_send(Outbound::Frame(frame)),
+            None => {
                 self.shared
                     .metrics
                     .drop_messages(DropReason::Undeliverable, 1);
+                return false;
+            }
+        };
+        match pushed {
+            Ok(()) => {
+                self.shared.metrics.relay(kind);
+                true
+            }
+            Err((why, _)) => {
+                self.push_failed(why, dst);
                 false
             }
-            Delivery::Failed => false,
         }
     }
 
-    /// One lookup, one push. A member whose queue is full is closed as a slow reader.
-    fn try_deliver(&mut self, dst: &str, kind: MessageType, frame: Utf8Bytes) -> Delivery {
-        let Some(member) = self.members.get(dst) else {
-            return Delivery::Absent(frame);
-        };
-        match member.link.tx.try_send(Outbound::Frame(frame)) {
-            Ok(()) => {
-                self.shared.metrics.relay(kind);
-                Delivery::Delivered
-            }
-            Err(SendError::Full) => {
+    /// A member's queue refused a frame: a full queue means it stopped reading (closed as a
+    /// slow reader); a closed one means its session ended and its Leave is on the way (the
+    /// message is lost, as it would be on the wire).
+    fn push_failed(&mut self, why: SendError, dst: &str) {
+        match why {
+            SendError::Full => {
                 self.shared.metrics.drop_messages(DropReason::SlowReader, 1);
                 if let Some((id, _)) = self.members.get_key_value(dst) {
                     let id = Arc::clone(id);
                     tracing::info!(peer = %id, "outbound queue full; closing slow reader");
                     self.remove(&id, CloseReason::SlowReader);
                 }
-                Delivery::Failed
             }
-            Err(SendError::Closed) => {
-                // The session ended and its Leave is on the way: the message is lost, as it
-                // would be on the wire.
-                self.shared
-                    .metrics
-                    .drop_messages(DropReason::Undeliverable, 1);
-                Delivery::Failed
-            }
+            SendError::Closed => self
+                .shared
+                .metrics
+                .drop_messages(DropReason::Undeliverable, 1),
         }
     }
 

@@ -166,12 +166,48 @@ pub struct Relay {
     pub src: Arc<str>,
     /// Its type.
     pub kind: MessageType,
-    /// The destination id.
-    pub dst: Box<str>,
+    /// The destination id (usually a span of `frame`: no allocation per message).
+    pub dst: DstRef,
     /// The complete outbound frame, `src` already stamped.
     pub frame: Utf8Bytes,
     /// When the session read it (for the relay latency histogram).
     pub read_at: Instant,
+}
+
+/// Where a relayed message's destination id is.
+#[derive(Debug)]
+pub enum DstRef {
+    /// Bytes `start..end` of the frame (the id needed no JSON escaping).
+    InFrame {
+        /// First byte.
+        start: u32,
+        /// One past the last byte.
+        end: u32,
+    },
+    /// A copy (the id was escaped in the frame).
+    Owned(Box<str>),
+}
+
+impl DstRef {
+    /// Where `dst` is, given the frame built by [`crate::protocol::relay_frame_locating_dst`].
+    pub fn new(dst: &str, located: Option<std::ops::Range<usize>>) -> Self {
+        match located.and_then(|r| Some((u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?)))
+        {
+            Some((start, end)) => DstRef::InFrame { start, end },
+            None => DstRef::Owned(Box::from(dst)),
+        }
+    }
+
+    /// The id, read from `frame` when it lives there.
+    pub fn resolve<'a>(&'a self, frame: &'a Utf8Bytes) -> &'a str {
+        match self {
+            DstRef::InFrame { start, end } => frame
+                .as_str()
+                .get(*start as usize..*end as usize)
+                .unwrap_or(""),
+            DstRef::Owned(dst) => dst,
+        }
+    }
 }
 
 /// A cheap, cloneable way to reach a room actor.

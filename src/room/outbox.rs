@@ -92,15 +92,16 @@ impl Inner {
 }
 
 impl OutboxSender {
-    /// Queues `item` unless the queue is full or its receiver is gone.
-    pub fn try_send(&self, item: Outbound) -> Result<(), SendError> {
+    /// Queues `item` unless the queue is full or its receiver is gone; then the item comes
+    /// back with the reason.
+    pub fn try_send(&self, item: Outbound) -> Result<(), (SendError, Outbound)> {
         {
             let mut state = self.inner.lock();
             if Arc::strong_count(&self.inner) == 1 {
-                return Err(SendError::Closed);
+                return Err((SendError::Closed, item));
             }
             if state.queue.len() >= self.inner.capacity {
-                return Err(SendError::Full);
+                return Err((SendError::Full, item));
             }
             state.queue.push_back(item);
         }
@@ -179,9 +180,11 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_and_bounds_the_queue() {
         let (tx, mut rx) = outbox(2);
-        assert_eq!(tx.try_send(frame("a")), Ok(()));
-        assert_eq!(tx.try_send(frame("b")), Ok(()));
-        assert_eq!(tx.try_send(frame("c")), Err(SendError::Full));
+        assert!(tx.try_send(frame("a")).is_ok());
+        assert!(tx.try_send(frame("b")).is_ok());
+        assert!(
+            matches!(tx.try_send(frame("c")), Err((SendError::Full, Outbound::Frame(f))) if f.as_str() == "c")
+        );
         let mut out = Vec::new();
         assert_eq!(rx.recv_all(&mut out).await, Received::Items(2));
         let texts: Vec<_> = out
@@ -192,7 +195,7 @@ mod tests {
             })
             .collect();
         assert_eq!(texts, ["a", "b"]);
-        assert_eq!(tx.try_send(frame("c")), Ok(()));
+        assert!(tx.try_send(frame("c")).is_ok());
     }
 
     #[tokio::test]
@@ -205,7 +208,7 @@ mod tests {
             (first, second)
         });
         tokio::task::yield_now().await;
-        tx.try_send(frame("x")).unwrap();
+        assert!(tx.try_send(frame("x")).is_ok());
         tokio::task::yield_now().await;
         drop(tx);
         assert_eq!(
@@ -217,7 +220,7 @@ mod tests {
     #[tokio::test]
     async fn a_kill_wins_over_queued_items_and_wakes_a_stuck_writer() {
         let (tx, mut rx) = outbox(4);
-        tx.try_send(frame("never")).unwrap();
+        assert!(tx.try_send(frame("never")).is_ok());
         let (waiting, done) = tokio::sync::oneshot::channel();
         let rx_task = tokio::spawn(async move {
             let _ = waiting.send(());
@@ -239,6 +242,9 @@ mod tests {
     async fn a_send_to_a_dropped_receiver_fails() {
         let (tx, rx) = outbox(4);
         drop(rx);
-        assert_eq!(tx.try_send(frame("x")), Err(SendError::Closed));
+        assert!(matches!(
+            tx.try_send(frame("x")),
+            Err((SendError::Closed, _))
+        ));
     }
 }

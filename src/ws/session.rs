@@ -31,7 +31,8 @@ use crate::metrics::{CloseReason, DropReason, Rejection};
 use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
 use crate::room::outbox::Received;
 use crate::room::{
-    self, JoinReply, JoinRequest, Outbound, Refusal, Relay, RoomCmd, RoomHandle, SessionLink,
+    self, DstRef, JoinReply, JoinRequest, Outbound, Refusal, Relay, RoomCmd, RoomHandle,
+    SessionLink,
 };
 use crate::state::{IpGuard, Shared};
 
@@ -521,11 +522,13 @@ where
                 return Ok(None);
             }
         };
+        let (text, located) =
+            protocol::relay_frame_locating_dst(kind, &self.id, &dst, frame.payload);
         Ok(Some(RoomCmd::Relay(Relay {
             src: Arc::clone(&self.id),
             kind,
-            frame: Utf8Bytes::from(protocol::relay_frame(kind, &self.id, &dst, frame.payload)),
-            dst: Box::from(dst),
+            dst: DstRef::new(&dst, located),
+            frame: Utf8Bytes::from(text),
             read_at: self.last_seen, // set when this frame arrived
         })))
     }
