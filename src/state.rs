@@ -42,12 +42,6 @@ pub struct Shared {
     per_ip: DashMap<IpAddr, usize>,
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
-}
-
 impl Shared {
     /// Fresh state for a server with this configuration.
     pub fn new(config: Config) -> Self {
