@@ -11,6 +11,7 @@
 //!   registry that finds them. Global mode is a single room.
 //! - [`metrics`]: counters and gauges, JSON and Prometheus text.
 //! - [`logging`]: JSON log lines (our own fast formatter) or text, filtered by `RUST_LOG`.
+//! - [`tls`]: `--sslkey/--sslcert` loaded into a rustls acceptor.
 //! - [`state`]: what the parts share (config, metrics, registry, limits, shutdown).
 //!
 //! # Tasks
