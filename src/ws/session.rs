@@ -60,7 +60,7 @@ pub struct Origin {
 /// Every idle peer is one of these tasks, so its size matters: the arguments go into boxes
 /// before the first await (an async fn keeps its arguments for its whole life, even once
 /// moved), admission runs in its own boxed future, and the long-lived state is one
-/// [`Session`] next to its `serve` future.
+/// `Session` next to its `serve` future.
 pub fn run<S>(
     ws: WebSocketStream<S>,
     params: ConnectParams,
