@@ -120,46 +120,32 @@ impl ScenarioId {
     /// room mode.
     fn loadgen_args(self, quick: bool, hold_peers: usize, rooms_token: bool) -> Vec<String> {
         let (warm, dur) = if quick { ("0.5", "1") } else { ("2", "5") };
-        let mut a: Vec<String> = match self {
-            ScenarioId::Relay1 => vec![
-                "relay",
-                "--pairs",
-                "1",
-                "--window",
-                "256",
-                "--flush-every",
-                "16",
-            ]
-            .into_iter()
-            .map(String::from)
-            .chain([
-                "--warmup".into(),
-                warm.into(),
-                "--duration".into(),
-                dur.into(),
-            ])
-            .collect(),
-            ScenarioId::Relay100 => vec!["relay", "--pairs", "100", "--window", "16"]
-                .into_iter()
-                .map(String::from)
-                .chain([
-                    "--warmup".into(),
-                    warm.into(),
-                    "--duration".into(),
-                    dur.into(),
-                ])
-                .collect(),
+        let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Each scenario's own arguments, and its warm-up and measurement window.
+        let (mut a, warm, dur) = match self {
+            ScenarioId::Relay1 => (
+                strings(&[
+                    "relay",
+                    "--pairs",
+                    "1",
+                    "--window",
+                    "256",
+                    "--flush-every",
+                    "16",
+                ]),
+                warm,
+                dur,
+            ),
+            ScenarioId::Relay100 => (
+                strings(&["relay", "--pairs", "100", "--window", "16"]),
+                warm,
+                dur,
+            ),
             ScenarioId::Rate5k => {
-                let (pairs, warm, dur) = if quick {
-                    ("200", "0.5", "1.5")
-                } else {
-                    ("1000", "3", "10")
-                };
-                ["rate", "--pairs", pairs, "--per-pair-rate", "5"]
-                    .into_iter()
-                    .chain(["--warmup", warm, "--duration", dur])
-                    .map(String::from)
-                    .collect()
+                let pairs = if quick { "200" } else { "1000" };
+                let window = if quick { ("0.5", "1.5") } else { ("3", "10") };
+                let args = strings(&["rate", "--pairs", pairs, "--per-pair-rate", "5"]);
+                (args, window.0, window.1)
             }
             ScenarioId::Idle10k | ScenarioId::Hold19k => {
                 let peers = match (self, quick) {
@@ -168,30 +154,22 @@ impl ScenarioId {
                     (_, false) => "10000".into(),
                     (_, true) => "1000".into(),
                 };
-                let (warm, dur) = if quick { ("0.5", "1.5") } else { ("2", "20") };
-                vec![
-                    "idle".into(),
-                    "--peers".into(),
-                    peers,
-                    "--concurrency".into(),
-                    "64".into(),
-                    "--warmup".into(),
-                    warm.into(),
-                    "--duration".into(),
-                    dur.into(),
-                ]
+                let window = if quick { ("0.5", "1.5") } else { ("2", "20") };
+                let args = strings(&["idle", "--peers", &peers, "--concurrency", "64"]);
+                (args, window.0, window.1)
             }
-            ScenarioId::Churn => ["churn", "--concurrency", "32", "--hubs", "8"]
-                .into_iter()
-                .chain(["--warmup", warm, "--duration", dur])
-                .map(String::from)
-                .collect(),
-            ScenarioId::Rooms4 => ["rooms", "--concurrency", "32", "--candidates", "10"]
-                .into_iter()
-                .chain(["--warmup", warm, "--duration", dur])
-                .map(String::from)
-                .collect(),
+            ScenarioId::Churn => (
+                strings(&["churn", "--concurrency", "32", "--hubs", "8"]),
+                warm,
+                dur,
+            ),
+            ScenarioId::Rooms4 => (
+                strings(&["rooms", "--concurrency", "32", "--candidates", "10"]),
+                warm,
+                dur,
+            ),
         };
+        a.extend(strings(&["--warmup", warm, "--duration", dur]));
         a.insert(0, "--scenario".into());
         if rooms_token {
             a.push("--rooms-token".into());
