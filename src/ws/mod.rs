@@ -1,6 +1,7 @@
 //! The signaling WebSocket: the HTTP upgrade ([`upgrade`]) and the per-socket task
 //! ([`session`]).
 
+pub mod read_ahead;
 pub mod session;
 pub mod upgrade;
 

@@ -18,6 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use super::read_ahead::ReadAhead;
 use super::session::{self, Origin};
 use crate::metrics::Rejection;
 use crate::protocol::ConnectParams;
@@ -135,9 +136,8 @@ pub fn handle<B>(
             }
         };
         let config = super::socket_config(&task_shared.config);
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let io = ReadAhead::new(TokioIo::new(upgraded));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         session::run(ws, params, task_shared, Origin { ip, guard }).await;
     });
 
