@@ -275,3 +275,55 @@ async fn query_decoding_is_urlsearchparams_with_last_duplicate_winning() {
         json!({"type": "OFFER", "src": "sender", "dst": "a b", "payload": 2})
     );
 }
+
+/// A client frame as the browser sends it: FIN, opcode text, masked.
+fn masked_text_frame(text: &str, mask: [u8; 4]) -> Vec<u8> {
+    let payload = text.as_bytes();
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn frames_sent_in_the_same_write_as_the_upgrade_request_are_relayed_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(peerjsd::Config::default()).await;
+    let mut bob = PeerClient::open(&server, "bob").await;
+
+    // The upgrade request, then frames before the 101 has been read: bytes the HTTP layer
+    // read past the request must reach the WebSocket in order. One frame is larger than a
+    // socket read, so it arrives in pieces.
+    let small = offer("bob", "dc_early");
+    let large = json!({"type": "OFFER", "dst": "bob", "payload": {"sdp": sdp(20_000)}});
+    let mut bytes = upgrade_request("/peerjs?key=peerjs&id=early&token=t", "").into_bytes();
+    bytes.extend(masked_text_frame(&small.to_string(), [1, 2, 3, 4]));
+    bytes.extend(masked_text_frame(&large.to_string(), [9, 8, 7, 6]));
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket.write_all(&bytes).await.unwrap();
+
+    assert_eq!(bob.recv().await, relayed(&small, "early"));
+    assert_eq!(bob.recv().await, relayed(&large, "early"));
+    // The early client got its 101 and OPEN too.
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+}

@@ -41,6 +41,15 @@ impl<S> ReadAhead<S> {
         }
     }
 
+    /// Wraps `inner`, handing out `buffered` (bytes already read from it) first.
+    pub fn with_buffered(inner: S, buffered: &[u8]) -> Self {
+        ReadAhead {
+            inner,
+            spill: buffered.to_vec(),
+            taken: 0,
+        }
+    }
+
     /// Hands out spilled bytes; true if there were any.
     fn take_spill(&mut self, buf: &mut ReadBuf<'_>) -> bool {
         let rest = &self.spill[self.taken..];

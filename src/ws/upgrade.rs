@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -135,10 +136,22 @@ pub fn handle<B>(
                 return;
             }
         };
-        let config = super::socket_config(&task_shared.config);
-        let io = ReadAhead::new(TokioIo::new(upgraded));
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        session::run(ws, params, task_shared, Origin { ip, guard }).await;
+        let config = Some(super::socket_config(&task_shared.config));
+        let origin = Origin { ip, guard };
+        // A plain TCP socket is unwrapped from hyper's upgrade layers (a boxed stream behind
+        // two adapters), so the hot path reads and writes the socket directly. TLS keeps them.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let io = ReadAhead::with_buffered(parts.io.into_inner(), &parts.read_buf);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+                session::run(ws, params, task_shared, origin).await;
+            }
+            Err(upgraded) => {
+                let io = ReadAhead::new(TokioIo::new(upgraded));
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+                session::run(ws, params, task_shared, origin).await;
+            }
+        }
     });
 
     let mut response = Response::new(Body::empty());
