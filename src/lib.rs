@@ -7,8 +7,9 @@
 //! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
 //! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes.
 //! - [`ws`]: the WebSocket upgrade checks and the per-socket session task.
-//! - [`room`]: the room actors (one task owns each room's members and offline queue) and the
-//!   registry that finds them. Global mode is a single room.
+//! - [`room`]: the room actors (one task owns each room's members and offline queue; it
+//!   publishes the members' queues so that sessions deliver to connected peers directly) and
+//!   the registry that finds them. Global mode is a single room.
 //! - [`metrics`]: counters and gauges, JSON and Prometheus text.
 //! - [`logging`]: JSON log lines (our own fast formatter) or text, filtered by `RUST_LOG`.
 //! - [`tls`]: `--sslkey/--sslcert` loaded into a rustls acceptor.

@@ -147,3 +147,63 @@ async fn the_server_wide_queue_bound_holds_across_destinations() {
     assert_eq!(expired, overflow);
     assert!(server.shared.metrics.queued_bytes.get() <= 4 * 1024);
 }
+
+/// Senders keep streaming to an id that connects midway: the first messages are queued, the
+/// rest go straight to the new member, and none may overtake an earlier one from the same
+/// sender (the direct path waits for the sender's messages still passing through the room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_to_an_id_that_connects_midway_arrive_in_order() {
+    const SENDERS: usize = 4;
+    const MESSAGES: u32 = 1000;
+    let server = TestServer::with(|c| {
+        c.max_queue_per_peer = SENDERS * MESSAGES as usize;
+        c.outbound_queue = 2 * SENDERS * MESSAGES as usize;
+        c.rate_limit = None;
+    })
+    .await;
+    for round in 0..20 {
+        let dst = format!("late{round}");
+        let mut senders = Vec::new();
+        for s in 0..SENDERS {
+            senders.push(PeerClient::open(&server, &format!("s{s}r{round}")).await);
+        }
+        let queued_before = server.shared.metrics.queued_messages.get();
+        let streams: Vec<_> = senders
+            .iter()
+            .map(|sender| {
+                let send = sender.sender();
+                let dst = dst.clone();
+                tokio::spawn(async move {
+                    for n in 0..MESSAGES {
+                        send(candidate(&dst, "dc", n).to_string());
+                        if n % 64 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Connect once part of the streams has been queued.
+        server
+            .until("part of the streams queued", |s| {
+                s.metrics.queued_messages.get() > queued_before + 20
+            })
+            .await;
+        let mut late = PeerClient::connect(&server, &dst, "t").await;
+        assert_eq!(late.recv().await, json!({"type": "OPEN"}));
+        let mut next = [0u32; SENDERS];
+        for _ in 0..SENDERS as u32 * MESSAGES {
+            let got = late.recv().await;
+            let src = got["src"].as_str().unwrap_or_default();
+            let s = (0..SENDERS)
+                .find(|s| src == format!("s{s}r{round}"))
+                .unwrap_or_else(|| panic!("unexpected sender in {got}"));
+            let want = relayed(&candidate(&dst, "dc", next[s]), src);
+            assert_eq!(got, want, "round {round}: from {src}, out of order");
+            next[s] += 1;
+        }
+        for stream in streams {
+            stream.await.unwrap();
+        }
+    }
+}

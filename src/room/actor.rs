@@ -5,6 +5,9 @@
 //! changes; an idle room costs nothing). It never awaits a session: every write to a member
 //! is a `try_send` on the member's bounded outbound queue, and a member whose queue is full is
 //! closed as a slow reader. It ends when it has no members and nothing queued, or on shutdown.
+//!
+//! It also keeps the room's [`Routes`] in step with its members, so that sessions can deliver
+//! to connected members without passing through it (see the module above).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,7 +19,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::outbox::SendError;
 use super::registry::ActorId;
-use super::{ConnId, JoinReply, JoinRequest, Outbound, PeerLink, Refusal, Relay, RoomCmd};
+use super::{
+    ConnId, IdHasher, JoinReply, JoinRequest, Outbound, PeerLink, Refusal, Relay, RoomCmd, Routes,
+};
 use crate::config::RoomMode;
 use crate::metrics::{CloseReason, DropReason};
 use crate::protocol::{self, MessageType};
@@ -29,11 +34,8 @@ const QUEUE_ENTRY_OVERHEAD: usize = 64;
 /// Commands handled per wake-up before the loop checks its timer again.
 const BATCH: usize = 32;
 
-/// One relayed message in this many is timed for the latency histogram (a clock read each).
-const LATENCY_SAMPLE: u64 = 8;
-
-/// Hash maps keyed by peer ids: foldhash, seeded per process (ids come from clients).
-type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// Hash maps keyed by peer ids.
+type IdMap<K, V> = HashMap<K, V, IdHasher>;
 
 /// A registered peer.
 #[derive(Debug)]
@@ -64,6 +66,8 @@ pub struct RoomActor {
     mailbox: mpsc::Receiver<RoomCmd>,
     shared: Arc<Shared>,
     members: IdMap<Arc<str>, Member>,
+    /// The members' queues, published for direct delivery: the same ids as `members`.
+    routes: Arc<Routes>,
     queues: IdMap<Box<str>, Queue>,
     /// (deadline, id, generation) of every queue, oldest first. All queues share one
     /// expire timeout, so creation order is expiry order. Entries of flushed queues are
@@ -76,11 +80,12 @@ pub struct RoomActor {
 }
 
 impl RoomActor {
-    /// An actor for room `key`, reading `mailbox`.
+    /// An actor for room `key`, reading `mailbox` and keeping `routes`.
     pub fn new(
         key: Box<str>,
         actor_id: ActorId,
         mailbox: mpsc::Receiver<RoomCmd>,
+        routes: Arc<Routes>,
         shared: Arc<Shared>,
     ) -> Self {
         RoomActor {
@@ -89,6 +94,7 @@ impl RoomActor {
             mailbox,
             shared,
             members: IdMap::default(),
+            routes,
             queues: IdMap::default(),
             deadlines: VecDeque::new(),
             next_generation: 0,
@@ -159,6 +165,7 @@ impl RoomActor {
                 RoomCmd::Relay(_) | RoomCmd::Leave { .. } | RoomCmd::Shutdown => {}
             }
         }
+        self.routes.clear();
         for (_, member) in self.members.drain() {
             self.shared.release_peer_slot();
             member.link.tx.kill(CloseReason::Shutdown);
@@ -253,6 +260,7 @@ impl RoomActor {
     /// The holder's slots pass to the newcomer, so no limit applies.
     fn replace(&mut self, request: JoinRequest, reason: CloseReason) -> JoinReply {
         if let Some(old) = self.members.remove(&request.id) {
+            self.routes.remove(&request.id);
             tracing::info!(peer = %request.id, reason = reason.as_str(), "peer replaced by a new socket");
             old.link.tx.kill(reason);
             if reason == CloseReason::ProbeFailed {
@@ -273,6 +281,7 @@ impl RoomActor {
         let _ = link
             .tx
             .try_send(Outbound::Frame(Utf8Bytes::from_static(protocol::OPEN)));
+        let route = link.tx.route();
         self.members.insert(
             Arc::clone(&id),
             Member {
@@ -288,6 +297,11 @@ impl RoomActor {
                 self.deliver(&id, kind, frame);
             }
         }
+        // Published last: a session that finds the member here delivers after OPEN and after
+        // everything that was queued. (A slow reader closed by the flush above is gone.)
+        if self.members.contains_key(&id) {
+            self.routes.insert(id, route);
+        }
     }
 
     fn relay(&mut self, relay: Relay) {
@@ -297,6 +311,7 @@ impl RoomActor {
             dst,
             frame,
             read_at,
+            sent: _handled_when_this_returns,
         } = relay;
         // The id is read from the frame itself; only the offline path copies it.
         let pushed = match self.members.get(dst.resolve(&frame)) {
@@ -315,7 +330,7 @@ impl RoomActor {
         match pushed {
             Ok(()) => {
                 self.shared.metrics.relay(kind);
-                if self.relayed % LATENCY_SAMPLE == 0 {
+                if self.relayed % u64::from(super::LATENCY_SAMPLE) == 0 {
                     let latency = read_at.elapsed().as_secs_f64();
                     self.shared.metrics.relay_latency.observe(latency);
                 }
@@ -449,6 +464,7 @@ impl RoomActor {
         let Some(member) = self.members.remove(id) else {
             return;
         };
+        self.routes.remove(id);
         self.shared.release_peer_slot();
         // If the session asked (it is closing), nobody listens; otherwise this closes it.
         member.link.tx.kill(reason);

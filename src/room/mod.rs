@@ -5,6 +5,12 @@
 //! mailbox of [`RoomCmd`]s); it answers joins on a `oneshot` and writes to members only with
 //! `try_send` on their bounded outbound queues, so a slow peer can never stall a room.
 //!
+//! Messages between connected members take a shorter path: the actor publishes each
+//! member's queue in the room's [`Routes`], and a session delivers straight to it, unless a
+//! message of its own is still on its way through the actor (then it follows it there, to
+//! keep order). The actor still decides everything else: who is a member, what is queued for
+//! whom, and who is closed as a slow reader (a direct push that fails goes through the actor).
+//!
 //! In global mode the whole server is one room (key `""`); in token mode the token names
 //! the room. [`registry::RoomRegistry`] maps keys to live actors, spawning on first join and
 //! forgetting a room when its actor ends (no members and nothing queued).
@@ -13,8 +19,9 @@ pub mod actor;
 pub mod outbox;
 pub mod registry;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -22,6 +29,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::CloseReason;
 use crate::protocol::MessageType;
+
+/// One relayed message in this many is timed for the latency histogram (a clock read each).
+pub const LATENCY_SAMPLE: u32 = 8;
 
 /// Mailbox size of a room actor.
 pub const ROOM_MAILBOX: usize = 1024;
@@ -172,6 +182,8 @@ pub struct Relay {
     pub frame: Utf8Bytes,
     /// When the session read it (for the relay latency histogram).
     pub read_at: Instant,
+    /// Counts the message as on its way through the room until the room is done with it.
+    pub sent: outbox::InFlight,
 }
 
 /// Where a relayed message's destination id is.
@@ -210,13 +222,75 @@ impl DstRef {
     }
 }
 
+/// Hash maps keyed by peer ids: foldhash, seeded per process (ids come from clients).
+pub type IdHasher = foldhash::fast::RandomState;
+
+/// A room's members' queues by id, written only by its actor (a member is published after
+/// its OPEN and queued messages are in its queue, and withdrawn when it leaves), read by its
+/// members' sessions to deliver directly. Readers never block each other; the actor writes
+/// only on joins and leaves. A plain map behind one lock: a room of four costs ~100 bytes
+/// (a sharded map would cost a kilobyte per room).
+#[derive(Debug, Default)]
+pub struct Routes {
+    map: RwLock<RouteMap>,
+}
+
+type RouteMap = HashMap<Arc<str>, outbox::Route, IdHasher>;
+
+impl Routes {
+    fn read(&self) -> RwLockReadGuard<'_, RouteMap> {
+        // Plain data with no invariants a panic could break.
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, RouteMap> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes member `id`'s queue.
+    pub fn insert(&self, id: Arc<str>, route: outbox::Route) {
+        self.write().insert(id, route);
+    }
+
+    /// Withdraws member `id`.
+    pub fn remove(&self, id: &str) {
+        self.write().remove(id);
+    }
+
+    /// Withdraws everyone.
+    pub fn clear(&self) {
+        self.write().clear();
+    }
+
+    /// Pushes `frame` to member `dst`'s queue; gives it back if there is no such member or
+    /// its queue refused it.
+    fn try_deliver(&self, dst: &str, frame: Utf8Bytes) -> Result<(), Utf8Bytes> {
+        match self.read().get(dst) {
+            Some(route) => route.try_send_frame(frame),
+            None => Err(frame),
+        }
+    }
+}
+
 /// A cheap, cloneable way to reach a room actor.
 #[derive(Debug, Clone)]
 pub struct RoomHandle {
     tx: mpsc::Sender<RoomCmd>,
+    routes: Arc<Routes>,
 }
 
 impl RoomHandle {
+    /// A handle on the actor reading `tx`'s mailbox, which maintains `routes`.
+    pub fn new(tx: mpsc::Sender<RoomCmd>, routes: Arc<Routes>) -> Self {
+        RoomHandle { tx, routes }
+    }
+
+    /// Hands `frame` straight to member `dst`'s queue. Gives it back if `dst` is not a
+    /// member or its queue refused it (full or closing): the room then decides.
+    pub fn try_deliver(&self, dst: &str, frame: Utf8Bytes) -> Result<(), Utf8Bytes> {
+        self.routes.try_deliver(dst, frame)
+    }
+
     /// Sends a command, waiting for mailbox space. Gives the command back if the room ended.
     pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomCmd> {
         self.tx.send(cmd).await.map_err(|e| e.0)

@@ -7,13 +7,21 @@
 //! allocates on the first push and gives large buffers back once drained, so an idle peer
 //! costs ~100 bytes. The same state carries the room's verdict when it drops the member
 //! (taken over, slow reader, shutdown), so the session watches one thing instead of three.
+//!
+//! Besides the room's own [`OutboxSender`], a room publishes a [`Route`] to each member's
+//! queue so that sessions can hand it messages directly (see [`super::Routes`]). To keep each
+//! sender's messages in order across the two paths, a session counts the messages it sent
+//! through the room that the room has not handled yet ([`InFlight`]) and only delivers
+//! directly while that count is zero.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Outbound;
 use crate::metrics::CloseReason;
@@ -28,6 +36,9 @@ struct Inner {
     /// Wakes the consumer after a push, a kill, or when the sender goes away.
     wake: AtomicWaker,
     capacity: usize,
+    /// Messages this queue's session sent through the room that the room has not handled
+    /// yet (see [`InFlight`]).
+    in_flight: AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +48,8 @@ struct State {
     killed: Option<CloseReason>,
     /// The sending side is gone: nothing more will come.
     closed: bool,
+    /// The session's end is gone: nobody reads this queue any more.
+    receiver_gone: bool,
 }
 
 /// Why [`OutboxSender::try_send`] refused an item.
@@ -75,6 +88,7 @@ pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
         state: Mutex::new(State::default()),
         wake: AtomicWaker::new(),
         capacity,
+        in_flight: AtomicU32::new(0),
     });
     (
         OutboxSender {
@@ -89,24 +103,38 @@ impl Inner {
         // The lock guards plain data with no invariants a panic could break.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Queues `wrap(item)` unless the queue is full, or nobody will read it (the session is
+    /// gone, or the room has let the member go); then `item` comes back with the reason.
+    fn try_push<T>(&self, item: T, wrap: impl FnOnce(T) -> Outbound) -> Result<(), (SendError, T)> {
+        {
+            let mut state = self.lock();
+            if state.receiver_gone || state.closed || state.killed.is_some() {
+                return Err((SendError::Closed, item));
+            }
+            if state.queue.len() >= self.capacity {
+                return Err((SendError::Full, item));
+            }
+            state.queue.push_back(wrap(item));
+        }
+        self.wake.wake();
+        Ok(())
+    }
 }
 
 impl OutboxSender {
     /// Queues `item` unless the queue is full or its receiver is gone; then the item comes
     /// back with the reason.
     pub fn try_send(&self, item: Outbound) -> Result<(), (SendError, Outbound)> {
-        {
-            let mut state = self.inner.lock();
-            if Arc::strong_count(&self.inner) == 1 {
-                return Err((SendError::Closed, item));
-            }
-            if state.queue.len() >= self.inner.capacity {
-                return Err((SendError::Full, item));
-            }
-            state.queue.push_back(item);
+        self.inner.try_push(item, |item| item)
+    }
+
+    /// A handle that pushes to the same queue, for the room's route table. Unlike this
+    /// sender, dropping it tells the session nothing.
+    pub fn route(&self) -> Route {
+        Route {
+            inner: Arc::clone(&self.inner),
         }
-        self.inner.wake.wake();
-        Ok(())
     }
 
     /// Tells the session to close with `reason`; queued items are not delivered.
@@ -123,7 +151,59 @@ impl Drop for OutboxSender {
     }
 }
 
+/// A member's queue as published in its room's route table: sessions push to it directly.
+#[derive(Debug, Clone)]
+pub struct Route {
+    inner: Arc<Inner>,
+}
+
+impl Route {
+    /// Queues a frame as [`OutboxSender::try_send`] does (refusing also once the room has
+    /// let the member go); gives it back if refused.
+    pub fn try_send_frame(&self, frame: Utf8Bytes) -> Result<(), Utf8Bytes> {
+        self.inner
+            .try_push(frame, Outbound::Frame)
+            .map_err(|(_, frame)| frame)
+    }
+}
+
+/// One message a session sent through its room, not yet handled there. Created by
+/// [`OutboxReceiver::in_flight`]; dropping it (once the room has delivered, queued or
+/// dropped the message) takes it off the count.
+#[derive(Debug)]
+pub struct InFlight {
+    inner: Arc<Inner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Release: whatever the room did with the message happens before a session that
+        // sees the count at zero delivers its next one directly.
+        self.inner.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.inner.lock().receiver_gone = true;
+    }
+}
+
 impl OutboxReceiver {
+    /// Counts one more message sent through the room, until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Whether a message sent through the room is still unhandled there: if so, the next one
+    /// must follow it through the room too, or it could overtake it.
+    pub fn has_in_flight(&self) -> bool {
+        self.inner.in_flight.load(Ordering::Acquire) != 0
+    }
+
     /// Moves every queued item into `out`, waiting for at least one, or reports the kill.
     /// A sender dropped without a kill reads as a shutdown. Cancel-safe: nothing is taken
     /// until it returns.
@@ -171,7 +251,6 @@ impl OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     fn frame(s: &'static str) -> Outbound {
         Outbound::Frame(Utf8Bytes::from_static(s))
@@ -246,5 +325,41 @@ mod tests {
             tx.try_send(frame("x")),
             Err((SendError::Closed, _))
         ));
+    }
+
+    #[test]
+    fn a_route_refuses_once_the_member_is_let_go_or_its_session_is_gone() {
+        let (tx, rx) = outbox(4);
+        let route = tx.route();
+        assert!(route.try_send_frame(Utf8Bytes::from_static("a")).is_ok());
+        tx.kill(CloseReason::SlowReader);
+        assert_eq!(
+            route
+                .try_send_frame(Utf8Bytes::from_static("b"))
+                .map_err(|f| f.to_string()),
+            Err("b".to_owned())
+        );
+        drop(rx);
+
+        let (tx, rx) = outbox(4);
+        let route = tx.route();
+        drop(rx);
+        assert!(route.try_send_frame(Utf8Bytes::from_static("c")).is_err());
+        assert!(matches!(
+            tx.try_send(frame("d")),
+            Err((SendError::Closed, _))
+        ));
+    }
+
+    #[test]
+    fn in_flight_counts_until_each_guard_is_dropped() {
+        let (_tx, rx) = outbox(4);
+        assert!(!rx.has_in_flight());
+        let first = rx.in_flight();
+        let second = rx.in_flight();
+        drop(first);
+        assert!(rx.has_in_flight());
+        drop(second);
+        assert!(!rx.has_in_flight());
     }
 }

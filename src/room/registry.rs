@@ -44,10 +44,11 @@ impl RoomRegistry {
             .next_actor
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(super::ROOM_MAILBOX);
-        let handle = RoomHandle { tx };
+        let routes = Arc::default();
+        let handle = RoomHandle::new(tx, Arc::clone(&routes));
         rooms.insert(Box::from(key), (actor_id, handle.clone()));
         shared.metrics.rooms.inc();
-        let actor = RoomActor::new(Box::from(key), actor_id, rx, Arc::clone(shared));
+        let actor = RoomActor::new(Box::from(key), actor_id, rx, routes, Arc::clone(shared));
         shared.shutdown.tracker.spawn(actor.run());
         if self
             .shutting_down

@@ -8,7 +8,10 @@
 //! an idle one wakes once per timeout.
 //!
 //! Inbound frames are checked here, at the edge, before the room sees them: rate limit,
-//! shape, and `src` stamping. Only messages that need routing go to the room actor.
+//! shape, and `src` stamping. A message for a connected member of the room goes straight to
+//! that member's outbound queue (see [`crate::room`] for how order is kept); the rest (offline
+//! destinations, a full queue, a message behind one of ours still in the room) go to the room
+//! actor.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -304,6 +307,8 @@ struct Session<S> {
     last_seen: Instant,
     /// Probes waiting for a sign of life.
     probes: Vec<oneshot::Sender<()>>,
+    /// Messages delivered directly, for latency sampling.
+    delivered_count: u32,
 }
 
 impl<S> Session<S>
@@ -327,6 +332,7 @@ where
             bad_in_a_row: 0,
             last_seen: Instant::now(),
             probes: Vec::new(),
+            delivered_count: 0,
         }
     }
 
@@ -524,13 +530,38 @@ where
         };
         let (text, located) =
             protocol::relay_frame_locating_dst(kind, &self.id, &dst, frame.payload);
+        let mut frame = Utf8Bytes::from(text);
+        // Straight to a connected member, unless one of ours is still on its way through
+        // the room (it must not be overtaken).
+        if !self.link.rx.has_in_flight() {
+            match self.room.try_deliver(&dst, frame) {
+                Ok(()) => {
+                    self.delivered(kind);
+                    return Ok(None);
+                }
+                Err(back) => frame = back,
+            }
+        }
         Ok(Some(RoomCmd::Relay(Relay {
             src: Arc::clone(&self.id),
             kind,
             dst: DstRef::new(&dst, located),
-            frame: Utf8Bytes::from(text),
+            frame,
             read_at: self.last_seen, // set when this frame arrived
+            sent: self.link.rx.in_flight(),
         })))
+    }
+
+    /// Counts a message this session delivered itself; times one in [`room::LATENCY_SAMPLE`].
+    fn delivered(&mut self, kind: MessageType) {
+        let metrics = &self.shared.metrics;
+        metrics.relay(kind);
+        if self.delivered_count % room::LATENCY_SAMPLE == 0 {
+            metrics
+                .relay_latency
+                .observe(self.last_seen.elapsed().as_secs_f64());
+        }
+        self.delivered_count = self.delivered_count.wrapping_add(1);
     }
 }
 
