@@ -34,11 +34,7 @@ pub struct ReadAhead<S> {
 impl<S> ReadAhead<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        ReadAhead {
-            inner,
-            spill: Vec::new(),
-            taken: 0,
-        }
+        Self::with_buffered(inner, &[])
     }
 
     /// Wraps `inner`, handing out `buffered` (bytes already read from it) first.
