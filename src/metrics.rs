@@ -15,6 +15,9 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::protocol::MessageType;
 
+/// One relayed message in this many is timed for the latency histogram (a clock read each).
+pub const LATENCY_SAMPLE: u32 = 8;
+
 /// Declares a label enum with its wire names and the list of all variants.
 macro_rules! label_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
@@ -284,6 +287,16 @@ impl Metrics {
     /// Counts a delivered message.
     pub fn relay(&self, kind: MessageType) {
         self.relayed[kind.index()].inc();
+    }
+
+    /// Counts a message relayed as it arrived from a socket that read it at `read_at`, and
+    /// times one in [`LATENCY_SAMPLE`]. `relayed` is the caller's own count, for sampling.
+    pub fn relay_sampled(&self, kind: MessageType, read_at: Instant, relayed: &mut u32) {
+        self.relay(kind);
+        if *relayed % LATENCY_SAMPLE == 0 {
+            self.relay_latency.observe(read_at.elapsed().as_secs_f64());
+        }
+        *relayed = relayed.wrapping_add(1);
     }
 
     /// Counts `n` undelivered messages.

@@ -76,7 +76,7 @@ pub struct RoomActor {
     next_generation: u64,
     next_join: u64,
     /// Messages relayed, for latency sampling.
-    relayed: u64,
+    relayed: u32,
 }
 
 impl RoomActor {
@@ -329,12 +329,9 @@ impl RoomActor {
         };
         match pushed {
             Ok(()) => {
-                self.shared.metrics.relay(kind);
-                if self.relayed % u64::from(super::LATENCY_SAMPLE) == 0 {
-                    let latency = read_at.elapsed().as_secs_f64();
-                    self.shared.metrics.relay_latency.observe(latency);
-                }
-                self.relayed = self.relayed.wrapping_add(1);
+                let read_at = read_at.into_std();
+                let metrics = &self.shared.metrics;
+                metrics.relay_sampled(kind, read_at, &mut self.relayed);
             }
             Err((why, Outbound::Frame(frame))) => self.push_failed(why, dst.resolve(&frame)),
             Err((_, Outbound::Probe(_))) => {} // not pushed here: a frame was

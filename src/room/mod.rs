@@ -30,9 +30,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::metrics::CloseReason;
 use crate::protocol::MessageType;
 
-/// One relayed message in this many is timed for the latency histogram (a clock read each).
-pub const LATENCY_SAMPLE: u32 = 8;
-
 /// Mailbox size of a room actor.
 pub const ROOM_MAILBOX: usize = 1024;
 

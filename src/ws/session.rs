@@ -308,7 +308,7 @@ struct Session<S> {
     /// Probes waiting for a sign of life.
     probes: Vec<oneshot::Sender<()>>,
     /// Messages delivered directly, for latency sampling.
-    delivered_count: u32,
+    delivered: u32,
 }
 
 impl<S> Session<S>
@@ -332,7 +332,7 @@ where
             bad_in_a_row: 0,
             last_seen: Instant::now(),
             probes: Vec::new(),
-            delivered_count: 0,
+            delivered: 0,
         }
     }
 
@@ -536,7 +536,9 @@ where
         if !self.link.rx.has_in_flight() {
             match self.room.try_deliver(&dst, frame) {
                 Ok(()) => {
-                    self.delivered(kind);
+                    let read_at = self.last_seen.into_std();
+                    let metrics = &self.shared.metrics;
+                    metrics.relay_sampled(kind, read_at, &mut self.delivered);
                     return Ok(None);
                 }
                 Err(back) => frame = back,
@@ -550,18 +552,6 @@ where
             read_at: self.last_seen, // set when this frame arrived
             sent: self.link.rx.in_flight(),
         })))
-    }
-
-    /// Counts a message this session delivered itself; times one in [`room::LATENCY_SAMPLE`].
-    fn delivered(&mut self, kind: MessageType) {
-        let metrics = &self.shared.metrics;
-        metrics.relay(kind);
-        if self.delivered_count % room::LATENCY_SAMPLE == 0 {
-            metrics
-                .relay_latency
-                .observe(self.last_seen.elapsed().as_secs_f64());
-        }
-        self.delivered_count = self.delivered_count.wrapping_add(1);
     }
 }
 
