@@ -208,19 +208,33 @@ pub fn relay_frame_locating_dst(
     dst: &str,
     payload: Option<&str>,
 ) -> (String, Option<std::ops::Range<usize>>) {
-    let payload_len = payload.map_or(0, |p| p.len() + 12);
-    let mut out = String::with_capacity(40 + src.len() + dst.len() + payload_len);
-    out.push_str(r#"{"type":""#);
+    const TYPE: &str = r#"{"type":""#;
+    const SRC: &str = r#"","src":"#;
+    const DST: &str = r#","dst":"#;
+    const PAYLOAD: &str = r#","payload":"#;
+    // Exact unless an id needs escaping (`src` never does: it is a valid id). A frame whose
+    // length is its capacity becomes `Bytes` without a second allocation.
+    let quoted = |s: &str| s.len() + 2;
+    let len = TYPE.len()
+        + kind.as_str().len()
+        + SRC.len()
+        + quoted(src)
+        + DST.len()
+        + quoted(dst)
+        + payload.map_or(0, |p| PAYLOAD.len() + p.len())
+        + 1;
+    let mut out = String::with_capacity(len);
+    out.push_str(TYPE);
     out.push_str(kind.as_str());
-    out.push_str(r#"","src":"#);
+    out.push_str(SRC);
     push_json_str(&mut out, src);
-    out.push_str(r#","dst":"#);
+    out.push_str(DST);
     let quote = out.len();
     push_json_str(&mut out, dst);
-    let verbatim = out.len() - quote == dst.len() + 2;
+    let verbatim = out.len() - quote == quoted(dst);
     let dst_at = verbatim.then(|| quote + 1..quote + 1 + dst.len());
     if let Some(payload) = payload {
-        out.push_str(r#","payload":"#);
+        out.push_str(PAYLOAD);
         out.push_str(payload);
     }
     out.push('}');
@@ -410,6 +424,21 @@ mod tests {
         assert_eq!(at, None, "escaped ids are not verbatim");
         let (frame, at) = relay_frame_locating_dst(MessageType::Offer, "a\n", "é x", None);
         assert_eq!(at.map(|r| &frame[r]), Some("é x"));
+    }
+
+    #[test]
+    fn relay_frames_are_allocated_at_their_exact_size() {
+        // `Bytes::from` a String with spare capacity allocates a second block per message.
+        for kind in [
+            MessageType::Offer,
+            MessageType::Candidate,
+            MessageType::Leave,
+        ] {
+            for payload in [None, Some(r#"{"sdp":"v=0\r\n"}"#)] {
+                let (frame, _) = relay_frame_locating_dst(kind, "alice", "bob-1", payload);
+                assert_eq!(frame.capacity(), frame.len(), "{frame}");
+            }
+        }
     }
 
     #[test]
