@@ -58,6 +58,13 @@ async fn next(client: &mut Client) -> Option<Value> {
     }
 }
 
+/// [`next`], failing (in virtual time) instead of hanging if the server never closes.
+async fn closed_within(client: &mut Client, limit: Duration) -> Option<Value> {
+    tokio::time::timeout(limit, next(client))
+        .await
+        .expect("the server closed the socket in time")
+}
+
 async fn send(client: &mut Client, value: Value) {
     client
         .send(Message::text(value.to_string()))
@@ -70,7 +77,10 @@ async fn a_silent_peer_is_closed_exactly_at_the_alive_timeout() {
     let shared = shared(|c| c.alive_timeout = Duration::from_secs(60));
     let started = Instant::now();
     let mut alice = open(&shared, "alice").await;
-    assert_eq!(next(&mut alice).await, None);
+    assert_eq!(
+        closed_within(&mut alice, Duration::from_secs(120)).await,
+        None
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
@@ -102,7 +112,10 @@ async fn any_inbound_frame_keeps_a_peer_alive() {
     assert_eq!(shared.peer_count(), 2, "both alive after 200 s");
     // Then silence: closed 60 s after the last frame, not earlier.
     let last = Instant::now();
-    assert_eq!(next(&mut alice).await, None);
+    assert_eq!(
+        closed_within(&mut alice, Duration::from_secs(120)).await,
+        None
+    );
     let waited = last.elapsed();
     assert!(
         waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),

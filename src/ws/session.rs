@@ -13,8 +13,11 @@
 //! destinations, a full queue, a message behind one of ours still in the room) go to the room
 //! actor.
 
+use std::future::{Future, poll_fn};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,7 +25,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -357,6 +360,10 @@ where
         // outbox, so the loop watches one thing for all of the room's verdicts.
         let deadline = sleep_until(self.last_seen + alive_timeout);
         tokio::pin!(deadline);
+        let mut alive = AliveTimer {
+            sleep: deadline,
+            registered: false,
+        };
         // Grows to the largest batch seen; an idle peer holds none.
         let mut batch = Vec::new();
         loop {
@@ -380,12 +387,12 @@ where
                         return why;
                     }
                 }
-                _ = &mut deadline => {
+                () = poll_fn(|cx| alive.poll_fired(cx)) => {
                     let due = self.last_seen + alive_timeout;
                     if due <= Instant::now() {
                         return CloseReason::AliveTimeout;
                     }
-                    deadline.as_mut().reset(due);
+                    alive.reset(due);
                 }
             }
         }
@@ -409,10 +416,12 @@ where
             }
             ws.flush().await
         };
+        // The write goes first: it almost always completes at once, and then the kill switch
+        // is not even polled.
         tokio::select! {
             biased;
-            why = self.link.rx.killed() => Err(why),
             result = io => result.map_err(|_| CloseReason::ClientGone),
+            why = self.link.rx.killed() => Err(why),
         }
     }
 
@@ -552,6 +561,33 @@ where
             read_at: self.last_seen, // set when this frame arrived
             sent: self.link.rx.in_flight(),
         })))
+    }
+}
+
+/// The alive deadline, polled only when it may have fired.
+///
+/// A `Sleep` that returned `Pending` keeps that waker until it fires, so while it has not
+/// elapsed, polling it again tells nothing: a busy socket skips the timer poll (and its cache
+/// misses) on every wake-up. After a reset it is polled once, to register again.
+struct AliveTimer<'a> {
+    sleep: Pin<&'a mut Sleep>,
+    /// Polled (and pending) since the last reset.
+    registered: bool,
+}
+
+impl AliveTimer<'_> {
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered && !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        let fired = self.sleep.as_mut().poll(cx);
+        self.registered = fired.is_pending();
+        fired
+    }
+
+    fn reset(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.registered = false;
     }
 }
 
