@@ -181,15 +181,9 @@ async fn session_survives(query: String, frames: Vec<(bool, Vec<u8>)>) {
         let (client_io, server_io) = tokio::io::duplex(256 * 1024);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let ws = WebSocketStream::from_raw_socket(
-                server_io,
-                Role::Server,
-                Some(peerjsd::ws::socket_config(&shared.config)),
-            )
-            .await;
             let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
             let guard = shared.admit_ip(ip).expect("ip");
-            session::run(ws, params, shared, Origin { ip, guard }).await;
+            session::run(server_io, params, shared, Origin { ip, guard }).await;
         });
         async move { WebSocketStream::from_raw_socket(client_io, Role::Client, None).await }
     };

@@ -36,11 +36,9 @@ async fn open(shared: &Arc<Shared>, id: &str) -> Client {
         key: "peerjs".into(),
     };
     tokio::spawn(async move {
-        let config = peerjsd::ws::socket_config(&server_shared.config);
-        let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, Some(config)).await;
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let guard = server_shared.admit_ip(ip).expect("ip limit");
-        session::run(ws, params, server_shared, Origin { ip, guard }).await;
+        session::run(server_io, params, server_shared, Origin { ip, guard }).await;
     });
     let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
     assert_eq!(next(&mut client).await, Some(json!({"type": "OPEN"})));

@@ -14,11 +14,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::read_ahead::ReadAhead;
 use super::session::{self, Origin};
@@ -146,11 +143,11 @@ pub fn handle<B>(
                 // Copied out: the buffer is a view of hyper's 8 KiB read buffer, which it
                 // would otherwise keep alive for the socket's life (+4.7 kB per idle peer).
                 drop(parts.read_buf);
-                serve_websocket(io, params, task_shared, origin).await;
+                session::run(io, params, task_shared, origin).await;
             }
             Err(upgraded) => {
                 let io = ReadAhead::new(TokioIo::new(upgraded));
-                serve_websocket(io, params, task_shared, origin).await;
+                session::run(io, params, task_shared, origin).await;
             }
         }
     });
@@ -164,20 +161,6 @@ pub fn handle<B>(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
-}
-
-/// Runs the WebSocket protocol on an upgraded socket, then its session.
-async fn serve_websocket<S>(
-    io: ReadAhead<S>,
-    params: ConnectParams,
-    shared: Arc<Shared>,
-    origin: Origin,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let config = Some(super::socket_config(&shared.config));
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
-    session::run(ws, params, shared, origin).await;
 }
 
 /// `ws`'s check: 16 bytes of base64, i.e. 22 base64 characters and `==`.
