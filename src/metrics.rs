@@ -291,10 +291,16 @@ impl Metrics {
 
     /// Counts a message relayed as it arrived from a socket that read it at `read_at`, and
     /// times one in [`LATENCY_SAMPLE`]. `relayed` is the caller's own count, for sampling.
-    pub fn relay_sampled(&self, kind: MessageType, read_at: Instant, relayed: &mut u32) {
+    pub fn relay_sampled(
+        &self,
+        kind: MessageType,
+        read_at: tokio::time::Instant,
+        relayed: &mut u32,
+    ) {
         self.relay(kind);
         if *relayed % LATENCY_SAMPLE == 0 {
-            self.relay_latency.observe(read_at.elapsed().as_secs_f64());
+            let latency = read_at.into_std().elapsed();
+            self.relay_latency.observe(latency.as_secs_f64());
         }
         *relayed = relayed.wrapping_add(1);
     }

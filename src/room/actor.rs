@@ -329,7 +329,6 @@ impl RoomActor {
         };
         match pushed {
             Ok(()) => {
-                let read_at = read_at.into_std();
                 let metrics = &self.shared.metrics;
                 metrics.relay_sampled(kind, read_at, &mut self.relayed);
             }

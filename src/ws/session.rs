@@ -551,9 +551,8 @@ where
         if !self.link.rx.has_in_flight() {
             match self.room.try_deliver(&dst, frame) {
                 Ok(()) => {
-                    let read_at = self.last_seen.into_std();
                     let metrics = &self.shared.metrics;
-                    metrics.relay_sampled(kind, read_at, &mut self.delivered);
+                    metrics.relay_sampled(kind, self.last_seen, &mut self.delivered);
                     return Ok(None);
                 }
                 Err(back) => frame = back,
