@@ -20,7 +20,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    peerjsd::logging::init(config.log_format);
+    // Dropped last, after the runtime: the shutdown lines are written out.
+    let _logs = peerjsd::logging::init(config.log_format);
     raise_fd_limit();
     let runtime = match build_runtime() {
         Ok(runtime) => runtime,

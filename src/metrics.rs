@@ -247,6 +247,7 @@ impl Metrics {
             Unit::Seconds,
             relay_latency.clone(),
         );
+        registry.register_collector(Box::new(LogLinesDropped));
         let now = Instant::now();
         let mut process = Registry::default();
         process.register_collector(Box::new(ProcessCollector));
@@ -380,6 +381,28 @@ impl Metrics {
         let _ = encode_registry(&mut out, &self.process);
         let _ = encode_eof(&mut out);
         out
+    }
+}
+
+/// `peerjs_log_lines_dropped_total`: log lines lost because stdout could not keep up (see
+/// [`crate::logging`]), read at scrape time.
+#[derive(Debug)]
+struct LogLinesDropped;
+
+impl prometheus_client::collector::Collector for LogLinesDropped {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let dropped = ConstCounter::new(crate::logging::dropped_total());
+        dropped.encode(encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because stdout could not keep up",
+            None,
+            dropped.metric_type(),
+        )?)
     }
 }
 
@@ -542,6 +565,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("peerjs_peers 0"), "{text}");
+        assert!(
+            text.contains(
+                "# TYPE peerjs_log_lines_dropped counter\npeerjs_log_lines_dropped_total "
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

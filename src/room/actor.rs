@@ -261,7 +261,11 @@ impl RoomActor {
     fn replace(&mut self, request: JoinRequest, reason: CloseReason) -> JoinReply {
         if let Some(old) = self.members.remove(&request.id) {
             self.routes.remove(&request.id);
-            tracing::info!(peer = %request.id, reason = reason.as_str(), "peer replaced by a new socket");
+            tracing::info!(
+                peer = &*request.id,
+                reason = reason.as_str(),
+                "peer replaced by a new socket"
+            );
             old.link.tx.kill(reason);
             if reason == CloseReason::ProbeFailed {
                 // The old incarnation is gone: the room learns it left before it returns.
@@ -369,7 +373,7 @@ impl RoomActor {
                 self.shared.metrics.drop_messages(DropReason::SlowReader, 1);
                 if let Some((id, _)) = self.members.get_key_value(dst) {
                     let id = Arc::clone(id);
-                    tracing::info!(peer = %id, "outbound queue full; closing slow reader");
+                    tracing::info!(peer = &*id, "outbound queue full; closing slow reader");
                     self.remove(&id, CloseReason::SlowReader);
                 }
             }

@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use crate::config::RoomMode;
+use crate::logging::LogIp;
 use crate::metrics::{CloseReason, DropReason, Rejection};
 use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
 use crate::room::outbox::Received;
@@ -97,8 +98,8 @@ where
     let (reason, session_len) = session.run().await;
     shared.metrics.close(reason);
     tracing::info!(
-        peer = %session.id,
-        ip = %origin.ip,
+        peer = &*session.id,
+        ip = %LogIp(origin.ip),
         reason = reason.as_str(),
         seconds = session_len.as_secs(),
         "peer closed"
@@ -172,7 +173,10 @@ where
                 drop(request);
                 break;
             }
-            tracing::info!(peer = %id, "id holder did not answer a ping; taking the id over");
+            tracing::info!(
+                peer = &*id,
+                "id holder did not answer a ping; taking the id over"
+            );
             reply = room.take_over(holder, request).await;
         }
         match reply {
@@ -180,9 +184,9 @@ where
                 shared.metrics.connections_accepted.inc();
                 match config.rooms {
                     RoomMode::Token => {
-                        tracing::info!(peer = %id, room = %room_key, ip = %ip, "peer open")
+                        tracing::info!(peer = &*id, room = %room_key, ip = %LogIp(ip), "peer open")
                     }
-                    RoomMode::Global => tracing::info!(peer = %id, ip = %ip, "peer open"),
+                    RoomMode::Global => tracing::info!(peer = &*id, ip = %LogIp(ip), "peer open"),
                 }
                 return Some(Admitted {
                     id,
@@ -228,7 +232,7 @@ async fn refuse<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     shared.metrics.reject(why);
-    tracing::info!(peer = %id, ip = %ip, reason = why.as_str(), "peer refused");
+    tracing::info!(peer = id, ip = %LogIp(ip), reason = why.as_str(), "peer refused");
     let code = match why {
         Rejection::RoomFull | Rejection::ServerFull => CloseCode::Again,
         _ => CloseCode::Policy,

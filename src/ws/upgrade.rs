@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::read_ahead::ReadAhead;
 use super::session::{self, Origin};
+use crate::logging::LogIp;
 use crate::metrics::Rejection;
 use crate::protocol::ConnectParams;
 use crate::state::Shared;
@@ -103,7 +104,7 @@ pub fn handle<B>(
         );
     }
     if !origin_allowed(&shared.config.cors, headers) {
-        tracing::info!(ip = %peer.ip(), origin = ?headers.get(header::ORIGIN), "websocket refused: origin not allowed");
+        tracing::info!(ip = %LogIp(peer.ip()), origin = ?headers.get(header::ORIGIN), "websocket refused: origin not allowed");
         return refuse(
             shared,
             StatusCode::FORBIDDEN,
@@ -113,7 +114,7 @@ pub fn handle<B>(
     }
     let ip = client_ip(headers, peer, shared.config.proxied);
     let Some(guard) = shared.admit_ip(ip) else {
-        tracing::info!(ip = %ip, "websocket refused: too many connections from this address");
+        tracing::info!(ip = %LogIp(ip), "websocket refused: too many connections from this address");
         return refuse(
             shared,
             StatusCode::TOO_MANY_REQUESTS,
@@ -130,7 +131,7 @@ pub fn handle<B>(
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
-                tracing::debug!(ip = %ip, %error, "upgrade failed");
+                tracing::debug!(ip = %LogIp(ip), %error, "upgrade failed");
                 return;
             }
         };
