@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -65,11 +66,20 @@ impl Running {
         }
     }
 
+    /// The lines logged after `listening`, read to the end of stdout (call it after exit: the
+    /// last lines are written as the process exits).
     fn logged(&self) -> Vec<Value> {
-        self.lines
-            .try_iter()
-            .map(|l| serde_json::from_str(&l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-            .collect()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut logged = Vec::new();
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(wait) {
+                Ok(l) => logged
+                    .push(serde_json::from_str(&l).unwrap_or_else(|_| panic!("not JSON: {l}"))),
+                Err(RecvTimeoutError::Disconnected) => return logged,
+                Err(RecvTimeoutError::Timeout) => panic!("stdout still open: {logged:?}"),
+            }
+        }
     }
 }
 

@@ -195,16 +195,18 @@ impl Drop for Flush {
 mod tests {
     use super::*;
 
-    /// An output that records what reaches it and can be stalled.
+    /// An output that records what reaches it, and can be slow or stalled.
     #[derive(Clone, Default)]
     struct Output {
         written: Arc<Mutex<Vec<Vec<u8>>>>,
         gate: Arc<Mutex<()>>,
+        delay: Duration,
     }
 
     impl Write for Output {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             let _open = self.gate.lock().unwrap();
+            thread::sleep(self.delay);
             self.written.lock().unwrap().push(buf.to_vec());
             Ok(buf.len())
         }
@@ -220,7 +222,11 @@ mod tests {
 
     #[test]
     fn lines_arrive_in_order_batched_and_all_are_flushed_at_exit() {
-        let output = Output::default();
+        // A slow output: the exit must wait for the write, not just start it.
+        let output = Output {
+            delay: Duration::from_millis(100),
+            ..Output::default()
+        };
         let (sink, flush) = Sink::spawn(output.clone(), CAPACITY, Duration::from_secs(60)).unwrap();
         for i in 0..1000 {
             line(&sink, &format!("line {i}\n"));
@@ -294,5 +300,20 @@ mod tests {
                 "line 4"
             ]
         );
+    }
+
+    #[test]
+    fn the_exit_gives_up_on_a_stalled_output() {
+        let output = Output::default();
+        let _stall = output.gate.lock().unwrap();
+        let (sink, flush) =
+            Sink::spawn(output.clone(), CAPACITY, Duration::from_millis(1)).unwrap();
+        line(&sink, "never written\n");
+        let started = Instant::now();
+        drop(flush);
+        let waited = started.elapsed();
+        assert!(waited >= EXIT_WAIT, "{waited:?}");
+        assert!(waited < EXIT_WAIT + Duration::from_secs(5), "{waited:?}");
+        assert!(output.written.lock().unwrap().is_empty());
     }
 }
