@@ -1,9 +1,8 @@
 //! Where log lines go: a bounded buffer that a thread of its own writes out in batches.
 //!
 //! Writing each line straight to stdout from the runtime costs a `write` syscall per line (two
-//! per connection, about a tenth of the server's CPU per connection) and, worse, stalls the
-//! runtime whenever whoever reads stdout (journald, a container log driver, a terminal) stops
-//! reading. So the runtime only appends each line to a buffer, under a lock held for one
+//! per connection) and, worse, stalls the runtime whenever whoever reads stdout (journald, a
+//! container log driver, a terminal) stops reading. So the runtime only appends each line to a buffer, under a lock held for one
 //! `memcpy`. A writer thread wakes on the first line, waits [`LINGER`] for more to gather, then
 //! writes them all with one call. If stdout stalls and the buffer reaches its capacity, new
 //! lines are dropped and counted ([`dropped_total`], `peerjs_log_lines_dropped_total`), and a
