@@ -15,7 +15,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
@@ -29,26 +29,30 @@ pub use sink::{Flush, dropped_total};
 /// last lines. Without a thread for the writer (it cannot be spawned), lines go straight to
 /// stdout.
 pub fn init(format: LogFormat) -> Option<Flush> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match sink::Sink::spawn(std::io::stdout(), sink::CAPACITY, sink::LINGER) {
         Ok((sink, flush)) => {
-            let builder = builder.with_writer(sink);
-            match format {
-                LogFormat::Json => builder.event_format(JsonLines).init(),
-                LogFormat::Text => builder.init(),
-            }
+            install(format, sink);
             Some(flush)
         }
         Err(error) => {
-            let builder = builder.with_writer(std::io::stdout);
-            match format {
-                LogFormat::Json => builder.event_format(JsonLines).init(),
-                LogFormat::Text => builder.init(),
-            }
+            install(format, std::io::stdout);
             tracing::warn!(%error, "no thread for log output; writing it unbuffered");
             None
         }
+    }
+}
+
+fn install<W>(format: LogFormat, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder.event_format(JsonLines).init(),
+        LogFormat::Text => builder.init(),
     }
 }
 
