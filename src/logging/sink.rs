@@ -36,7 +36,6 @@ pub fn dropped_total() -> u64 {
 }
 
 /// The [`MakeWriter`] handed to tracing-subscriber: each line it formats is one `write` here.
-#[derive(Clone)]
 pub struct Sink {
     shared: Arc<Shared>,
 }

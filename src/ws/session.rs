@@ -182,12 +182,9 @@ where
         match reply {
             Some(JoinReply::Admitted) => {
                 shared.metrics.connections_accepted.inc();
-                match config.rooms {
-                    RoomMode::Token => {
-                        tracing::info!(peer = &*id, room = %room_key, ip = %LogIp(ip), "peer open")
-                    }
-                    RoomMode::Global => tracing::info!(peer = &*id, ip = %LogIp(ip), "peer open"),
-                }
+                // `room` is left out of the line in global mode (a `None` field is not recorded).
+                let room_field = (config.rooms == RoomMode::Token).then_some(room_key);
+                tracing::info!(peer = &*id, room = room_field, ip = %LogIp(ip), "peer open");
                 return Some(Admitted {
                     id,
                     room,
