@@ -219,7 +219,7 @@ impl fmt::Display for LogIp {
             }
             len += put_decimal(&mut text[len..], u64::from(octet));
         }
-        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
+        write_ascii(f, &text[..len])
     }
 }
 
@@ -227,7 +227,12 @@ impl fmt::Display for LogIp {
 fn write_decimal(out: &mut impl fmt::Write, n: u64) -> fmt::Result {
     let mut text = [0u8; 20];
     let len = put_decimal(&mut text, n);
-    out.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
+    write_ascii(out, &text[..len])
+}
+
+/// Writes digits and punctuation put together in a byte buffer.
+fn write_ascii(out: &mut impl fmt::Write, text: &[u8]) -> fmt::Result {
+    out.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)
 }
 
 /// Puts `n` in decimal at the start of `buf` (which must be long enough) and returns its length.
@@ -273,7 +278,7 @@ fn write_timestamp(out: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
     ] {
         put_digits(&mut text[range], value);
     }
-    out.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    write_ascii(out, &text)
 }
 
 #[cfg(test)]
