@@ -299,7 +299,7 @@ impl Metrics {
         relayed: &mut u32,
     ) {
         self.relay(kind);
-        if *relayed % LATENCY_SAMPLE == 0 {
+        if relayed.is_multiple_of(LATENCY_SAMPLE) {
             let latency = read_at.into_std().elapsed();
             self.relay_latency.observe(latency.as_secs_f64());
         }

@@ -133,18 +133,18 @@ proptest! {
 
     #[test]
     fn parsing_never_panics_and_relayed_frames_are_valid_json(text in frame_text(), src in "[a-z]{1,8}") {
-        if let Ok(frame) = protocol::parse_frame(&text) {
-            if let (Some(kind), Dst::Id(dst)) = (frame.kind, &frame.dst) {
-                let out = protocol::relay_frame(kind, &src, dst, frame.payload);
-                // Syntax check that accepts what JSON.parse accepts (1e400 included).
-                let sent: Envelope = serde_json::from_str(&out).expect("server frame is JSON");
-                prop_assert_eq!(sent.kind, kind.as_str());
-                prop_assert_eq!(&sent.src, &src);
-                prop_assert_eq!(&sent.dst, dst.as_ref());
-                // Read back with the server's own parser (which keeps `null` payloads): same bytes.
-                let again = protocol::parse_frame(&out).expect("round trip");
-                prop_assert_eq!(again.payload, frame.payload, "payload bytes kept");
-            }
+        if let Ok(frame) = protocol::parse_frame(&text)
+            && let (Some(kind), Dst::Id(dst)) = (frame.kind, &frame.dst)
+        {
+            let out = protocol::relay_frame(kind, &src, dst, frame.payload);
+            // Syntax check that accepts what JSON.parse accepts (1e400 included).
+            let sent: Envelope = serde_json::from_str(&out).expect("server frame is JSON");
+            prop_assert_eq!(sent.kind, kind.as_str());
+            prop_assert_eq!(&sent.src, &src);
+            prop_assert_eq!(&sent.dst, dst.as_ref());
+            // Read back with the server's own parser (which keeps `null` payloads): same bytes.
+            let again = protocol::parse_frame(&out).expect("round trip");
+            prop_assert_eq!(again.payload, frame.payload, "payload bytes kept");
         }
     }
 
