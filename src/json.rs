@@ -2,13 +2,15 @@
 //!
 //! Every relayed frame passes through here, and most of its bytes are the SDP text inside the
 //! payload, a JSON string full of `\r\n` escapes. serde_json restarts its string scan at each
-//! escape; this scanner skips string bodies eight bytes at a time (SWAR), treats escapes
-//! inline, and keeps only what the server needs: `type`, `dst` and the payload's span. It
+//! escape; this scanner finds the stop bytes of 32 bytes at a time with vector compares,
+//! steps over escapes without scanning again, and keeps only what the server needs: `type`, `dst` and the payload's span. It
 //! still validates the whole frame with the same strictness as `JSON.parse` (grammar, control
 //! characters, escapes, nesting to any depth without recursion), so every frame the server
 //! relays is valid JSON.
 
 use std::borrow::Cow;
+
+use wide::u8x16;
 
 /// A scalar the server looks at (`type`, `dst`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,48 +68,41 @@ struct Invalid;
 
 type Scan<T> = Result<T, Invalid>;
 
-/// Bytes that end a run of plain string content: `"`, `\` and control characters.
-const fn string_stops() -> [bool; 256] {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = true;
-        i += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-}
-const STRING_STOP: [bool; 256] = string_stops();
+/// Bytes scanned per step inside a string: one bit each in a `u32` mask.
+const BLOCK: usize = u32::BITS as usize;
 
-/// Position of the first `"`, `\` or control byte in `bytes`, if any.
-fn find_string_stop(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::MAX / 255; // 0x0101…01
-    const HIGH: u64 = ONES << 7; // 0x8080…80
-    let mut offset = 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let v = u64::from_le_bytes(word);
-        // A byte is flagged when it is < 0x20, == '"' or == '\\' (exact for bytes < 0x80;
-        // bytes ≥ 0x80 never flag because `!v` clears their high bit).
-        let control = v.wrapping_sub(ONES * 0x20);
-        let quote = (v ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
-        let backslash = (v ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
-        let hits = (control | quote | backslash) & !v & HIGH;
-        if hits != 0 {
-            // The lowest flagged byte is exact; a borrow can only mark bytes after it.
-            return Some(offset + (hits.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
+/// Bit `i` is set when `block[i]` ends a run of plain string content: `"`, `\` or a control
+/// character. Three compares and a byte mask per 16 bytes (SSE2 on x86-64, NEON on aarch64,
+/// through `wide`'s safe vector types; a scalar fallback elsewhere).
+fn stop_mask(block: &[u8; BLOCK]) -> u32 {
+    let (halves, _) = block.as_chunks::<16>();
+    halves.iter().enumerate().fold(0, |mask, (i, half)| {
+        let v = u8x16::new(*half);
+        let quote = v.simd_eq(u8x16::splat(b'"'));
+        let backslash = v.simd_eq(u8x16::splat(b'\\'));
+        // c < 0x20 ⇔ max(c, 0x1f) == 0x1f
+        let control = v.max(u8x16::splat(0x1f)).simd_eq(u8x16::splat(0x1f));
+        mask | ((quote | backslash | control).to_bitmask() << (16 * i))
+    })
+}
+
+/// The stop mask of the block of `bytes` starting at `at`. Past the end the block is padded
+/// with NUL, a control character, so that a string running off the end stops there.
+fn stops_at(bytes: &[u8], at: usize) -> u32 {
+    let rest = bytes.get(at..).unwrap_or_default();
+    match rest.first_chunk::<BLOCK>() {
+        Some(block) => stop_mask(block),
+        None => stops_in_tail(rest),
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| STRING_STOP[usize::from(c)])
-        .map(|p| offset + p)
+}
+
+/// [`stops_at`] for the last, short block: out of line, so the common path stays small.
+#[cold]
+#[inline(never)]
+fn stops_in_tail(rest: &[u8]) -> u32 {
+    let mut block = [0; BLOCK];
+    block[..rest.len()].copy_from_slice(rest);
+    stop_mask(&block)
 }
 
 struct Scanner<'a> {
@@ -211,43 +206,62 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string starting at the current `"`; returns its body's span.
+    ///
+    /// Works a block at a time: the stop bytes of a block are found at once, and an escape
+    /// (SDP text has one every ~30 bytes) only clears the bits it covers, so the block is not
+    /// scanned again.
+    #[inline(always)]
     fn string(&mut self) -> Scan<StringSpan> {
         if self.peek() != Some(b'"') {
             return Err(Invalid);
         }
-        self.i += 1;
-        let start = self.i;
+        let start = self.i + 1;
         let mut escaped = false;
+        let mut at = start;
         loop {
-            let rest = self.b.get(self.i..).ok_or(Invalid)?;
-            self.i += find_string_stop(rest).ok_or(Invalid)?;
-            match self.peek() {
-                Some(b'"') => {
-                    let end = self.i;
-                    self.i += 1;
-                    return Ok(StringSpan {
-                        start,
-                        end,
-                        escaped,
-                    });
-                }
-                Some(b'\\') => {
-                    escaped = true;
-                    self.i += 1;
-                    match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
-                        Some(b'u') => {
-                            let hex = self.b.get(self.i + 1..self.i + 5).ok_or(Invalid)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return Err(Invalid);
-                            }
-                            self.i += 5;
-                        }
-                        _ => return Err(Invalid),
+            let mut stops = stops_at(self.b, at);
+            while stops != 0 {
+                let i = at + stops.trailing_zeros() as usize;
+                match self.b.get(i) {
+                    Some(b'"') => {
+                        self.i = i + 1;
+                        return Ok(StringSpan {
+                            start,
+                            end: i,
+                            escaped,
+                        });
                     }
+                    Some(b'\\') => {
+                        escaped = true;
+                        let next = i + self.escape_len(i + 1)?;
+                        if next - at < BLOCK {
+                            // Drop the stops the escape covers (an escaped `"` or `\\`).
+                            stops &= u32::MAX << (next - at);
+                        } else {
+                            at = next;
+                            stops = stops_at(self.b, at);
+                        }
+                    }
+                    _ => return Err(Invalid), // a raw control character, or the end
                 }
-                _ => return Err(Invalid), // a raw control character
             }
+            at += BLOCK;
+        }
+    }
+
+    /// Length of the escape whose letter is at `i` (just after its `\\`), backslash included.
+    fn escape_len(&self, i: usize) -> Scan<usize> {
+        match self.b.get(i) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(2),
+            Some(b'u') => {
+                let hex = self.b.get(i + 1..i + 5).ok_or(Invalid)?;
+                if hex.iter().all(u8::is_ascii_hexdigit) {
+                    Ok(6)
+                } else {
+                    Err(Invalid)
+                }
+            }
+            _ => Err(Invalid),
         }
     }
 
@@ -437,23 +451,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_stops_in_every_position() {
-        for len in 0..40 {
-            for at in 0..len {
-                for stop in [b'"', b'\\', 0x00, 0x1f] {
-                    let mut bytes = vec![b'a'; len];
-                    bytes[at] = stop;
-                    assert_eq!(
-                        find_string_stop(&bytes),
-                        Some(at),
-                        "len {len} at {at} stop {stop}"
-                    );
-                    // Non-ASCII and bytes just above the range never stop.
-                    bytes[at] = 0xe9;
-                    assert_eq!(find_string_stop(&bytes), None);
-                    bytes[at] = 0x20;
-                    assert_eq!(find_string_stop(&bytes), None);
+    fn masks_stops_in_every_position() {
+        for at in 0..BLOCK {
+            let mut block = [b'a'; BLOCK];
+            for stop in [b'"', b'\\', 0x00, 0x1f] {
+                block[at] = stop;
+                assert_eq!(stop_mask(&block), 1 << at, "at {at} stop {stop}");
+            }
+            // Non-ASCII, space and DEL never stop.
+            for plain in [0xe9, 0x20, 0x7f, 0xff] {
+                block[at] = plain;
+                assert_eq!(stop_mask(&block), 0, "at {at} byte {plain}");
+            }
+        }
+    }
+
+    /// Escapes and string ends at every offset around block boundaries, and strings cut short
+    /// anywhere, so that no path through `string` is missed.
+    #[test]
+    fn strings_across_block_boundaries() {
+        for lead in 0..2 * BLOCK + 2 {
+            let pad = "x".repeat(lead); // not a hex digit: `\u00` + pad stays bad
+            for escape in [r"\n", r#"\""#, r"\\", r"\u00e9", r#"\\\""#, ""] {
+                let body = format!("{pad}{escape}{pad}{escape}z");
+                let text = format!(r#"{{"payload":"{body}","dst":"x"}}"#);
+                let e = scan(&text).unwrap_or_else(|_| panic!("{text}"));
+                assert_eq!(e.payload, Some(format!("\"{body}\"").as_str()), "{text}");
+                assert_eq!(e.dst, Some(Scalar::Str(Cow::Borrowed("x"))), "{text}");
+                // Cut anywhere inside the payload string: never terminated.
+                let (from, to) = (
+                    r#"{"payload":""#.len(),
+                    r#"{"payload":""#.len() + body.len(),
+                );
+                for cut in from..=to {
+                    let short = &text[..cut];
+                    assert_eq!(scan(short), Err(ScanError::Invalid), "{short}");
                 }
+            }
+            for bad in ["\u{1}", r"\x", r"\u00g9", r"\u00", "\\"] {
+                let text = format!(r#"{{"payload":"{pad}{bad}{pad}"}}"#);
+                assert_eq!(scan(&text), Err(ScanError::Invalid), "{text}");
             }
         }
     }

@@ -82,6 +82,29 @@ fn json_text() -> impl Strategy<Value = String> {
         Just("\"é 😀\"".to_owned()),
         Just("\"unterminated".to_owned()),
         "[a-z\\\\\"]{0,12}".prop_map(|s| format!("\"{s}\"")),
+        // Long strings, so that escapes, ends and damage fall on every offset of the
+        // scanner's 32-byte blocks.
+        prop::collection::vec(
+            prop::sample::select(
+                &[
+                    "a",
+                    "bcdefgh",
+                    "v=0 o=- 1 2 IN IP4 127.0.0.1",
+                    r"\r\n",
+                    r#"\""#,
+                    r"\\",
+                    r"\u00e9",
+                    r"\ud83d\ude00",
+                    "é",
+                    "\u{1f}",
+                    r"\x",
+                    r"\u12",
+                    "\"",
+                ][..]
+            ),
+            0..40
+        )
+        .prop_map(|pieces| format!("\"{}\"", pieces.concat())),
     ];
     let value = leaf.prop_recursive(5, 48, 6, |inner| {
         let key = prop_oneof![
