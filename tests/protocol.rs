@@ -327,3 +327,48 @@ async fn frames_sent_in_the_same_write_as_the_upgrade_request_are_relayed_in_ord
         String::from_utf8_lossy(&head[..n])
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_frames_in_one_write_is_relayed_whole_and_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // No rate limit: the burst is over the default's 100 at once.
+    let server = TestServer::with(|c| c.rate_limit = None).await;
+    let mut bob = PeerClient::open(&server, "bob").await;
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let upgrade = upgrade_request("/peerjs?key=peerjs&id=burst&token=t", "");
+    socket.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(peerjsd::protocol::OPEN) {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut chunk))
+            .await
+            .expect("OPEN in time")
+            .unwrap();
+        assert!(n > 0, "closed before OPEN");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+
+    // Many more frames than the session handles per wake-up, in one write, with heartbeats
+    // and a malformed frame among them: every relayable one arrives, in order.
+    let mut burst = Vec::new();
+    for n in 0..200u32 {
+        let mask = n.to_le_bytes();
+        burst.extend(masked_text_frame(
+            &candidate("bob", "dc_burst", n).to_string(),
+            mask,
+        ));
+        if n % 50 == 7 {
+            burst.extend(masked_text_frame(r#"{"type":"HEARTBEAT"}"#, mask));
+            burst.extend(masked_text_frame("{not json", mask));
+        }
+    }
+    socket.write_all(&burst).await.unwrap();
+    for n in 0..200 {
+        assert_eq!(
+            bob.recv().await,
+            relayed(&candidate("bob", "dc_burst", n), "burst"),
+            "candidate {n}"
+        );
+    }
+    assert_eq!(server.shared.metrics.relayed_total(), 200);
+}
