@@ -167,6 +167,12 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
 /// Appends `s` as a JSON string literal, escaped as `JSON.stringify` does.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    // Ids almost never need escaping: check first, then copy in one go.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let escape: &str = match b {
