@@ -2,11 +2,11 @@
 //!
 //! Every relayed frame passes through here, and most of its bytes are the SDP text inside the
 //! payload, a JSON string full of `\r\n` escapes. serde_json restarts its string scan at each
-//! escape; this scanner finds the stop bytes of 32 bytes at a time with vector compares,
-//! steps over escapes without scanning again, and keeps only what the server needs: `type`, `dst` and the payload's span. It
-//! still validates the whole frame with the same strictness as `JSON.parse` (grammar, control
-//! characters, escapes, nesting to any depth without recursion), so every frame the server
-//! relays is valid JSON.
+//! escape; this scanner classifies 32 bytes at a time with vector compares, steps over
+//! escapes and from string to string with a bit scan, and keeps only what the server needs:
+//! `type`, `dst` and the payload's span. It still validates the whole frame with the same
+//! strictness as `JSON.parse` (grammar, control characters, escapes, nesting to any depth
+//! without recursion), so every frame the server relays is valid JSON.
 
 use std::borrow::Cow;
 
@@ -74,8 +74,8 @@ type Scan<T> = Result<T, Invalid>;
 const BLOCK: usize = u32::BITS as usize;
 
 /// Bit `i` is set when `block[i]` ends a run of plain string content: `"`, `\` or a control
-/// character. Three compares and a byte mask per 16 bytes (SSE2 on x86-64, NEON on aarch64,
-/// through `wide`'s safe vector types; a scalar fallback elsewhere).
+/// character. Four vector operations and a byte mask per 16 bytes (SSE2 on x86-64, NEON on
+/// aarch64, through `wide`'s safe vector types; a scalar fallback elsewhere).
 fn stop_mask(block: &[u8; BLOCK]) -> u32 {
     let (halves, _) = block.as_chunks::<16>();
     halves.iter().enumerate().fold(0, |mask, (i, half)| {
