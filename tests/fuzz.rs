@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use peerjsd::protocol::{self, ConnectParams, Dst};
+use peerjsd::ws::read_ahead::ReadAhead;
 use peerjsd::ws::session::{self, Origin};
 use peerjsd::{Config, Shared};
 use proptest::prelude::*;
@@ -206,7 +207,13 @@ async fn session_survives(query: String, frames: Vec<(bool, Vec<u8>)>) {
         tokio::spawn(async move {
             let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
             let guard = shared.admit_ip(ip).expect("ip");
-            session::run(server_io, params, shared, Origin { ip, guard }).await;
+            session::run(
+                ReadAhead::new(server_io),
+                params,
+                shared,
+                Origin { ip, guard },
+            )
+            .await;
         });
         async move { WebSocketStream::from_raw_socket(client_io, Role::Client, None).await }
     };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use peerjsd::protocol::ConnectParams;
+use peerjsd::ws::read_ahead::ReadAhead;
 use peerjsd::ws::session::{self, Origin};
 use peerjsd::{Config, Shared};
 use serde_json::{Value, json};
@@ -38,7 +39,13 @@ async fn open(shared: &Arc<Shared>, id: &str) -> Client {
     tokio::spawn(async move {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let guard = server_shared.admit_ip(ip).expect("ip limit");
-        session::run(server_io, params, server_shared, Origin { ip, guard }).await;
+        session::run(
+            ReadAhead::new(server_io),
+            params,
+            server_shared,
+            Origin { ip, guard },
+        )
+        .await;
     });
     let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
     assert_eq!(next(&mut client).await, Some(json!({"type": "OPEN"})));

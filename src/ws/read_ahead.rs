@@ -46,6 +46,12 @@ impl<S> ReadAhead<S> {
         }
     }
 
+    /// Whether bytes already read from the socket are waiting here to be handed out: the
+    /// session keeps decoding frames while there are, and otherwise goes back to waiting.
+    pub fn has_buffered(&self) -> bool {
+        self.taken < self.spill.len()
+    }
+
     /// Hands out spilled bytes; true if there were any.
     fn take_spill(&mut self, buf: &mut ReadBuf<'_>) -> bool {
         let rest = &self.spill[self.taken..];

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
+use super::read_ahead::ReadAhead;
 use crate::config::RoomMode;
 use crate::logging::LogIp;
 use crate::metrics::{CloseReason, DropReason, Rejection};
@@ -46,7 +47,7 @@ use crate::state::{IpGuard, Shared};
 /// Unusable frames (malformed, binary) in a row before the peer is closed.
 const MAX_BAD_FRAMES_IN_A_ROW: u32 = 16;
 /// Most inbound frames handled in one go before the session looks at its outbox again.
-const READ_BATCH: usize = 32;
+const READ_BATCH: u8 = 32;
 /// Rate-limit drops further apart than this start a new "over the limit" streak.
 const OVER_LIMIT_GAP: Duration = Duration::from_secs(1);
 /// How long to wait for the client's close frame after sending ours.
@@ -72,7 +73,7 @@ pub struct Origin {
 /// admission runs in its own boxed future, and the long-lived state is one `Session` next to
 /// its `serve` future.
 pub fn run<S>(
-    io: S,
+    io: ReadAhead<S>,
     params: ConnectParams,
     shared: Arc<Shared>,
     origin: Origin,
@@ -83,7 +84,7 @@ where
     drive(Box::new(io), Box::new((params, shared, origin)))
 }
 
-async fn drive<S>(io: Box<S>, start: Box<(ConnectParams, Arc<Shared>, Origin)>)
+async fn drive<S>(io: Box<ReadAhead<S>>, start: Box<(ConnectParams, Arc<Shared>, Origin)>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -303,7 +304,7 @@ where
 
 /// A registered peer's socket.
 struct Session<S> {
-    ws: Box<WebSocketStream<S>>,
+    ws: Box<WebSocketStream<ReadAhead<S>>>,
     id: Arc<str>,
     conn: room::ConnId,
     room: RoomHandle,
@@ -327,7 +328,11 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(ws: Box<WebSocketStream<S>>, admitted: Admitted, shared: Arc<Shared>) -> Self {
+    fn new(
+        ws: Box<WebSocketStream<ReadAhead<S>>>,
+        admitted: Admitted,
+        shared: Arc<Shared>,
+    ) -> Self {
         let limiter = shared
             .config
             .rate_limit
@@ -389,12 +394,13 @@ where
                 frame = self.ws.next() => {
                     // Every frame already decoded from what one `recv` brought is handled
                     // here, up to READ_BATCH, with one clock read, instead of a trip around
-                    // the select each.
-                    let now = Instant::now();
-                    let mut next = Some(frame);
-                    let mut handled = 0;
-                    while let Some(frame) = next.take() {
-                        let forwarded = match self.read(frame, now) {
+                    // the select each. (Nothing but the count is held across the await: an idle
+                    // peer's task stays small.)
+                    self.last_seen = Instant::now();
+                    let mut frame = frame;
+                    let mut handled: u8 = 1;
+                    loop {
+                        let forwarded = match self.read(frame) {
                             Ok(None) => Ok(()),
                             Ok(Some(cmd)) => forward(&self.room, cmd).await,
                             Err(why) => Err(why),
@@ -402,11 +408,18 @@ where
                         if let Err(why) = forwarded {
                             return why;
                         }
+                        // Only while bytes that recv already brought wait in the read-ahead:
+                        // a lone frame (a heartbeat, a message at a low rate) costs no
+                        // second poll of the stream.
+                        if handled == READ_BATCH || !self.ws.get_ref().has_buffered() {
+                            break;
+                        }
                         handled += 1;
-                        if handled < READ_BATCH {
-                            // Polled without this task's waker: the select polls the stream
-                            // again with it before the task sleeps.
-                            next = self.ws.next().now_or_never();
+                        // Polled without this task's waker: the select polls the stream again
+                        // with it before the task sleeps.
+                        match self.ws.next().now_or_never() {
+                            Some(next) => frame = next,
+                            None => break,
                         }
                     }
                 }
@@ -448,20 +461,18 @@ where
         }
     }
 
-    /// Handles one inbound frame (or the end of the stream), read at `now`; returns what to
-    /// send the room. Synchronous on purpose: the hot path never holds a send future in the
-    /// task's state.
+    /// Handles one inbound frame (or the end of the stream), read at `last_seen`; returns
+    /// what to send the room. Synchronous on purpose: the hot path never holds a send future
+    /// in the task's state.
     fn read(
         &mut self,
         frame: Option<Result<Message, WsError>>,
-        now: Instant,
     ) -> Result<Option<RoomCmd>, CloseReason> {
         let message = match frame {
             None => return Err(CloseReason::ClientGone),
             Some(Ok(message)) => message,
             Some(Err(error)) => return Err(self.read_error(error)),
         };
-        self.last_seen = now;
         for probe in self.probes.drain(..) {
             let _ = probe.send(());
         }
