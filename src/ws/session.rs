@@ -66,6 +66,7 @@ pub struct Origin {
 }
 
 /// Runs the WebSocket protocol on `io`, a socket just after the HTTP 101, until it closes.
+/// The read-ahead tells the session when frames from one `recv` are still waiting.
 ///
 /// Every idle peer is one of these tasks, so its size matters: the arguments go into boxes
 /// before the first await (an async fn, or a helper wrapping this one, keeps its arguments
@@ -392,10 +393,9 @@ where
                     }
                 }
                 frame = self.ws.next() => {
-                    // Every frame already decoded from what one `recv` brought is handled
-                    // here, up to READ_BATCH, with one clock read, instead of a trip around
-                    // the select each. (Nothing but the count is held across the await: an idle
-                    // peer's task stays small.)
+                    // The frames one `recv` brought are handled here together, up to
+                    // READ_BATCH, with one clock read instead of a trip around the select
+                    // each. Only the count is held across the await: idle tasks stay small.
                     self.last_seen = Instant::now();
                     let mut frame = frame;
                     let mut handled: u8 = 1;
@@ -408,15 +408,14 @@ where
                         if let Err(why) = forwarded {
                             return why;
                         }
-                        // Only while bytes that recv already brought wait in the read-ahead:
-                        // a lone frame (a heartbeat, a message at a low rate) costs no
-                        // second poll of the stream.
+                        // On only while bytes that recv brought wait in the read-ahead: a lone
+                        // frame (a heartbeat, a message at a low rate) pays no second poll.
                         if handled == READ_BATCH || !self.ws.get_ref().has_buffered() {
                             break;
                         }
                         handled += 1;
-                        // Polled without this task's waker: the select polls the stream again
-                        // with it before the task sleeps.
+                        // Polled without this task's waker; the select polls the stream with
+                        // it again before the task sleeps.
                         match self.ws.next().now_or_never() {
                             Some(next) => frame = next,
                             None => break,
