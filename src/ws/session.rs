@@ -408,7 +408,7 @@ where
                         if let Err(why) = forwarded {
                             return why;
                         }
-                        // On only while bytes that recv brought wait in the read-ahead: a lone
+                        // Go on only while bytes that recv brought wait in the read-ahead: a lone
                         // frame (a heartbeat, a message at a low rate) pays no second poll.
                         if handled == READ_BATCH || !self.ws.get_ref().has_buffered() {
                             break;
