@@ -110,10 +110,17 @@ impl Server {
             Arc::clone(&shared),
             router,
             self.tls,
+            true,
         ));
         if let Some(listener) = self.metrics_listener {
             let ops = http::ops_router(Arc::clone(&shared));
-            tracker.spawn(http::accept_loop(listener, Arc::clone(&shared), ops, None));
+            tracker.spawn(http::accept_loop(
+                listener,
+                Arc::clone(&shared),
+                ops,
+                None,
+                false,
+            ));
         }
 
         shutdown.await;

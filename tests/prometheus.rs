@@ -143,6 +143,9 @@ async fn metrics_addr_serves_ops_only() {
     );
     // No signaling or REST on the ops port.
     assert_eq!(get(ops_addr, "/peerjs/id", "*/*").await.status, 404);
+    let upgrade = upgrade_request("/peerjs?key=peerjs&id=a&token=t", "Connection: close\r\n");
+    assert_eq!(http_raw(ops_addr, &upgrade).await.status, 404);
+    assert_eq!(http_raw(main_addr, &upgrade).await.status, 101);
     assert_eq!(get(main_addr, "/peerjs/id", "*/*").await.status, 200);
     let _ = stop.send(());
     task.await.unwrap().unwrap();

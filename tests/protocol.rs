@@ -276,26 +276,6 @@ async fn query_decoding_is_urlsearchparams_with_last_duplicate_winning() {
     );
 }
 
-/// A client frame as the browser sends it: FIN, opcode text, masked.
-fn masked_text_frame(text: &str, mask: [u8; 4]) -> Vec<u8> {
-    let payload = text.as_bytes();
-    let mut frame = vec![0x81];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 #[tokio::test]
 async fn frames_sent_in_the_same_write_as_the_upgrade_request_are_relayed_in_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,28 +1,36 @@
 //! HTTP: the accept loop, the split between WebSocket upgrades and REST, and the REST router.
 //!
-//! Every TCP connection is served by hyper's HTTP/1 server with upgrades enabled. A request
-//! that asks for an upgrade goes to [`crate::ws::upgrade`] (as Node hands such requests to the
-//! `ws` library); everything else goes to the axum [`router`]. No business logic lives here.
+//! A connection's first request is read by [`crate::ws::upgrade::read_head`]: a WebSocket
+//! upgrade that passes its checks becomes a session in the connection's task. Anything else
+//! is served by hyper's HTTP/1 server with upgrades enabled: a request that asks for an
+//! upgrade goes to [`crate::ws::upgrade::handle`] (as Node hands such requests to the `ws`
+//! library), everything else to the axum [`router`]. No business logic lives here.
 
 pub mod ops;
 pub mod rest;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::protocol::ConnectParams;
 use crate::state::Shared;
-use crate::ws::upgrade;
+use crate::ws::read_ahead::ReadAhead;
+use crate::ws::session::Origin;
+use crate::ws::{session, upgrade};
 
 /// The REST and ops routes, with CORS on the REST ones.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -37,7 +45,8 @@ pub fn ops_router(shared: Arc<Shared>) -> Router {
     ops::routes().fallback(rest::not_found).with_state(shared)
 }
 
-/// Accepts connections until shutdown, with TLS when `tls` is set. Accept errors (e.g. out
+/// Accepts connections until shutdown, with TLS when `tls` is set, and serves them; with
+/// `signaling`, WebSocket upgrades too (the ops listener has none). Accept errors (e.g. out
 /// of file descriptors) are logged and retried after a pause instead of spinning or ending
 /// the server.
 pub async fn accept_loop(
@@ -45,6 +54,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     router: Router,
     tls: Option<TlsAcceptor>,
+    signaling: bool,
 ) {
     let token = shared.shutdown.token.clone();
     loop {
@@ -55,21 +65,23 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let shared_for_conn = Arc::clone(&shared);
-                let router = router.clone();
+                let conn = Connection {
+                    peer,
+                    shared: Arc::clone(&shared),
+                    router: router.clone(),
+                    signaling,
+                };
                 let tracker = &shared.shutdown.tracker;
                 match &tls {
                     None => {
-                        tracker.spawn(serve_connection(stream, peer, shared_for_conn, router));
+                        tracker.spawn(conn.serve(stream));
                     }
                     Some(acceptor) => {
                         let handshake = acceptor.accept(stream);
                         tracker.spawn(async move {
-                            let limit = shared_for_conn.config.handshake_timeout;
+                            let limit = conn.shared.config.handshake_timeout;
                             match tokio::time::timeout(limit, handshake).await {
-                                Ok(Ok(stream)) => {
-                                    serve_connection(stream, peer, shared_for_conn, router).await
-                                }
+                                Ok(Ok(stream)) => conn.serve(stream).await,
                                 Ok(Err(error)) => {
                                     tracing::debug!(%peer, %error, "TLS handshake failed")
                                 }
@@ -87,16 +99,115 @@ pub async fn accept_loop(
     }
 }
 
-/// Serves one connection: HTTP/1 requests until the client goes, an upgrade hands the socket
-/// to a session, or shutdown.
-pub async fn serve_connection<I>(io: I, peer: SocketAddr, shared: Arc<Shared>, router: Router)
+/// What serving a connection needs besides its stream.
+pub struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's state.
+    pub shared: Arc<Shared>,
+    /// Serves the requests that are not WebSocket upgrades.
+    pub router: Router,
+    /// Whether WebSocket upgrades are served (else they go to `router` like any request).
+    pub signaling: bool,
+}
+
+impl Connection {
+    /// Serves `io` until the client goes or shutdown. The first request is read by
+    /// [`upgrade::read_head`]: an accepted signaling upgrade runs its session right here, in
+    /// this task; anything else, and every later request, is served by hyper.
+    ///
+    /// An idle peer is this future, so its size matters: `self` goes into a box that is freed
+    /// before the first await (an async fn keeps its arguments for its whole life).
+    pub fn serve<I>(self, io: I) -> impl Future<Output = ()> + Send + 'static
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve(Box::new((self, io)))
+    }
+}
+
+async fn serve<I>(start: Box<(Connection, I)>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // `{ start }` moves the box into a temporary, freed at the end of this statement.
+    let (conn, io) = *{ start };
+    // The handshake's future (which borrows the socket) ends with this statement, and `next`
+    // is moved whole into the future that serves the rest: nothing else is kept for the
+    // connection's life.
+    let Some(next) = first_request(conn, ReadAhead::new(io)).await else {
+        return;
+    };
+    next.serve().await;
+}
+
+/// What follows a connection's first request head.
+enum Next<I> {
+    /// An accepted upgrade, its 101 queued on the socket.
+    Session(ReadAhead<I>, ConnectParams, Origin, Arc<Shared>),
+    /// Anything else, for hyper (the bytes read so far are in the socket's buffer).
+    Http(ReadAhead<I>, Connection),
+}
+
+impl<I> Next<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn serve(self) -> impl Future<Output = ()> {
+        match self {
+            Next::Session(io, params, origin, shared) => {
+                Either::Left(session::run(io, params, shared, origin))
+            }
+            Next::Http(io, conn) => Either::Right(Box::pin(serve_http(io, conn))),
+        }
+    }
+}
+
+/// Reads the first request head: `None` when there was no whole request within the
+/// handshake timeout, the client left, a read failed, or shutdown began.
+async fn first_request<I>(conn: Connection, mut io: ReadAhead<I>) -> Option<Next<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    if !conn.signaling {
+        return Some(Next::Http(io, conn));
+    }
+    let limit = conn.shared.config.handshake_timeout;
+    let head = tokio::select! {
+        head = timeout(limit, upgrade::read_head(&mut io, &conn.shared, conn.peer)) => head,
+        _ = conn.shared.shutdown.token.cancelled() => return None,
+    };
+    match head {
+        Ok(Ok(Some(upgrade))) => {
+            io.write_first(upgrade.response);
+            Some(Next::Session(
+                io,
+                upgrade.params,
+                upgrade.origin,
+                conn.shared,
+            ))
+        }
+        Ok(Ok(None)) => Some(Next::Http(io, conn)),
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+/// Serves HTTP/1 requests with hyper until the client goes, an upgrade hands the socket to a
+/// session, or shutdown.
+async fn serve_http<I>(io: ReadAhead<I>, conn: Connection)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Connection {
+        peer,
+        shared,
+        router,
+        signaling,
+    } = conn;
     let service_shared = Arc::clone(&shared);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let response = if upgrade::is_upgrade(&request) {
-            Ok(upgrade::handle(request, &service_shared, peer))
+        let response = if signaling && upgrade::is_upgrade(request.headers()) {
+            Ok(upgrade::handle::<_, I>(request, &service_shared, peer))
         } else {
             Err(router.clone().oneshot(request))
         };

@@ -172,6 +172,8 @@ where
             else {
                 break;
             };
+            // The 101 waits to go out with our first frame; do not hold it through the probe.
+            let _ = ws.flush().await;
             if let Ok(Ok(())) = timeout(config.probe_timeout, alive).await {
                 reply = Some(JoinReply::Refused(Refusal::IdTaken));
                 drop(request);

@@ -1,5 +1,5 @@
 //! The HTTP side of the WebSocket: checks made before answering 101, then the hand-off to a
-//! session task.
+//! session.
 //!
 //! The handshake checks and their answers mirror the `ws` library under peerjs-server
 //! (reference §1.2): 405 for a non-GET, 400 for a bad upgrade, key or version, and 400
@@ -7,6 +7,13 @@
 //! 403 for an Origin outside `--cors`, 429 past `--max-connections-per-ip`. Everything else
 //! (missing parameters, wrong key, taken id…) is answered after the upgrade, in-band, as the
 //! PeerJS client expects.
+//!
+//! A connection's first request is read here ([`read_head`]) before hyper sees it. An upgrade
+//! that passes every check is answered here and its session runs in the connection's own
+//! task; anything else (REST, a refusal, an unusual request) goes to hyper with the bytes
+//! read so far, and an upgrade hyper serves comes back through [`handle`]. Both paths run
+//! the same checks (`verdict`). The short path saves a connection hyper's machinery, a
+//! second task, and a TCP segment: its 101 goes out with the session's first frame.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::read_ahead::ReadAhead;
@@ -24,132 +31,339 @@ use crate::metrics::Rejection;
 use crate::protocol::ConnectParams;
 use crate::state::Shared;
 
-/// Whether the request asks for a protocol upgrade (Node hands such requests to `ws`).
-pub fn is_upgrade<B>(request: &Request<B>) -> bool {
-    let connection_upgrade = request
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade && request.headers().contains_key(header::UPGRADE)
+/// Longest request head the short path reads; a longer one (hyper takes up to 64 KiB) is
+/// left to hyper.
+const HEAD_LIMIT: usize = 8 * 1024;
+/// Headers the short path parses; a request with more is left to hyper.
+const MAX_HEADERS: usize = 32;
+
+/// Header lookup over hyper's parsed headers or httparse's, so both paths check alike.
+pub(crate) trait Headers {
+    /// The values of the `name` headers, in order (`name` in lower case).
+    fn values<'a>(&'a self, name: &'static str) -> impl DoubleEndedIterator<Item = &'a [u8]>;
+
+    /// The first `name` header's value.
+    fn value(&self, name: &'static str) -> Option<&[u8]> {
+        self.values(name).next()
+    }
 }
 
-/// Answers an upgrade request: 101 and a spawned session, or an HTTP error.
-pub fn handle<B>(
-    mut request: Request<B>,
+impl Headers for HeaderMap {
+    fn values<'a>(&'a self, name: &'static str) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl Headers for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'static str) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// A header value as text when it is visible ASCII, as `HeaderValue::to_str` has it.
+fn text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
+/// Whether the request asks for a protocol upgrade (Node hands such requests to `ws`).
+pub(crate) fn is_upgrade(headers: &(impl Headers + ?Sized)) -> bool {
+    let connection_upgrade = headers
+        .values("connection")
+        .filter_map(text)
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.value("upgrade").is_some()
+}
+
+/// An upgrade that passed every check.
+pub(crate) struct Accepted {
+    /// The `Sec-WebSocket-Accept` value.
+    accept: String,
+    origin: Origin,
+}
+
+/// Why an upgrade is refused before the 101, in the order the checks run.
+pub(crate) enum Refusal {
+    Method,
+    Upgrade,
+    Key,
+    Version,
+    Path,
+    Draining,
+    Origin {
+        /// The Origin header, for the log line.
+        origin: Option<String>,
+        ip: IpAddr,
+    },
+    PerIp(IpAddr),
+}
+
+/// The checks before a 101, in `ws`'s order and then peerjsd's. On success the client's IP
+/// has its place in the per-IP count.
+pub(crate) fn verdict(
+    is_get: bool,
+    path: &str,
+    headers: &(impl Headers + ?Sized),
     shared: &Arc<Shared>,
     peer: SocketAddr,
-) -> Response<Body> {
-    let headers = request.headers();
-    if request.method() != Method::GET {
-        return refuse(
-            shared,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Invalid HTTP method",
-            Rejection::BadRequest,
-        );
+) -> Result<Accepted, Refusal> {
+    if !is_get {
+        return Err(Refusal::Method);
     }
-    let upgrade = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    let upgrade = headers.value("upgrade").and_then(text);
     if !upgrade.is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        return refuse(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "Invalid Upgrade header",
-            Rejection::BadRequest,
-        );
+        return Err(Refusal::Upgrade);
     }
     let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|k| is_valid_key(k.as_bytes()))
+        .value("sec-websocket-key")
+        .filter(|k| is_valid_key(k))
     else {
-        return refuse(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "Missing or invalid Sec-WebSocket-Key header",
-            Rejection::BadRequest,
-        );
+        return Err(Refusal::Key);
     };
-    let version = headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes);
-    if !matches!(version, Some(b"13") | Some(b"8")) {
-        let mut response = refuse(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "Missing or invalid Sec-WebSocket-Version header",
-            Rejection::BadRequest,
-        );
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13, 8"),
-        );
-        return response;
+    if !matches!(
+        headers.value("sec-websocket-version"),
+        Some(b"13") | Some(b"8")
+    ) {
+        return Err(Refusal::Version);
     }
-    if request.uri().path() != shared.config.ws_path() {
-        return refuse(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            Rejection::BadRequest,
-        );
+    if path != shared.config.ws_path() {
+        return Err(Refusal::Path);
     }
     if shared.shutdown.token.is_cancelled() {
-        return refuse(
-            shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server is shutting down",
-            Rejection::BadRequest,
-        );
+        return Err(Refusal::Draining);
     }
     if !origin_allowed(&shared.config.cors, headers) {
-        tracing::info!(ip = %LogIp(peer.ip()), origin = ?headers.get(header::ORIGIN), "websocket refused: origin not allowed");
-        return refuse(
-            shared,
-            StatusCode::FORBIDDEN,
-            "Origin not allowed",
-            Rejection::Origin,
-        );
+        let origin = headers.value("origin");
+        return Err(Refusal::Origin {
+            origin: origin.map(|o| String::from_utf8_lossy(o).into_owned()),
+            ip: peer.ip(),
+        });
     }
     let ip = client_ip(headers, peer, shared.config.proxied);
     let Some(guard) = shared.admit_ip(ip) else {
-        tracing::info!(ip = %LogIp(ip), "websocket refused: too many connections from this address");
-        return refuse(
-            shared,
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many connections from this address",
-            Rejection::PerIp,
-        );
+        return Err(Refusal::PerIp(ip));
     };
+    Ok(Accepted {
+        accept: derive_accept_key(key),
+        origin: Origin { ip, guard },
+    })
+}
 
-    let accept = derive_accept_key(key.as_bytes());
+impl Refusal {
+    /// The HTTP answer, shaped like `ws`'s `abortHandshake`; counted and, where it helps an
+    /// operator, logged.
+    pub(crate) fn respond(self, shared: &Shared) -> Response<Body> {
+        let (status, message, why) = match &self {
+            Refusal::Method => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Invalid HTTP method",
+                Rejection::BadRequest,
+            ),
+            Refusal::Upgrade => (
+                StatusCode::BAD_REQUEST,
+                "Invalid Upgrade header",
+                Rejection::BadRequest,
+            ),
+            Refusal::Key => (
+                StatusCode::BAD_REQUEST,
+                "Missing or invalid Sec-WebSocket-Key header",
+                Rejection::BadRequest,
+            ),
+            Refusal::Version => (
+                StatusCode::BAD_REQUEST,
+                "Missing or invalid Sec-WebSocket-Version header",
+                Rejection::BadRequest,
+            ),
+            Refusal::Path => (
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                Rejection::BadRequest,
+            ),
+            Refusal::Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server is shutting down",
+                Rejection::BadRequest,
+            ),
+            Refusal::Origin { origin, ip } => {
+                tracing::info!(ip = %LogIp(*ip), origin = ?origin, "websocket refused: origin not allowed");
+                (
+                    StatusCode::FORBIDDEN,
+                    "Origin not allowed",
+                    Rejection::Origin,
+                )
+            }
+            Refusal::PerIp(ip) => {
+                tracing::info!(ip = %LogIp(*ip), "websocket refused: too many connections from this address");
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many connections from this address",
+                    Rejection::PerIp,
+                )
+            }
+        };
+        shared.metrics.reject(why);
+        let mut response = Response::new(Body::from(message));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Refusal::Version = self {
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13, 8"),
+            );
+        }
+        response
+    }
+}
+
+/// An upgrade request read and accepted on the short path.
+pub struct Upgrade {
+    /// The 101 answer, to go out with the session's first frame.
+    pub response: Box<[u8]>,
+    /// The query's `id`, `token` and `key`.
+    pub params: ConnectParams,
+    /// The client's address, counted in the per-IP limit.
+    pub origin: Origin,
+}
+
+/// Reads a connection's first request head into `io`. Returns the upgrade when it is a
+/// WebSocket upgrade that passes every check (the head is then consumed), `None` when hyper
+/// should serve it (the bytes stay in `io` for hyper to read), or the read error; the end of
+/// the stream before a whole head is `UnexpectedEof`.
+pub async fn read_head<S>(
+    io: &mut ReadAhead<S>,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+) -> std::io::Result<Option<Upgrade>>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match parse_head(io.buffered(), shared, peer) {
+            Head::Partial => {}
+            Head::Upgrade(upgrade, len) => {
+                io.consume(len);
+                return Ok(Some(upgrade));
+            }
+            Head::ForHyper => return Ok(None),
+        }
+        if io.fill().await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+enum Head {
+    Partial,
+    /// An accepted upgrade, and the length of its head.
+    Upgrade(Upgrade, usize),
+    ForHyper,
+}
+
+/// Parses `buf` as a request head (kept out of `read_head` so the header slots are not part
+/// of the connection's future).
+fn parse_head(buf: &[u8], shared: &Arc<Shared>, peer: SocketAddr) -> Head {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < HEAD_LIMIT => return Head::Partial,
+        // Too long, too many headers, or not HTTP: hyper answers it.
+        _ => return Head::ForHyper,
+    };
+    let headers: &[httparse::Header<'_>] = request.headers;
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Head::ForHyper;
+    };
+    // Only plain upgrades; a body or an unusual target is hyper's to judge.
+    if !is_upgrade(headers)
+        || !is_plain_target(target)
+        || headers.value("content-length").is_some()
+        || headers.value("transfer-encoding").is_some()
+    {
+        return Head::ForHyper;
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // A refusal is answered by hyper, which runs the same checks again.
+    let Ok(accepted) = verdict(method == "GET", path, headers, shared, peer) else {
+        return Head::ForHyper;
+    };
+    let mut response = Vec::with_capacity(SWITCHING.len() + accepted.accept.len() + 4);
+    response.extend_from_slice(SWITCHING.as_bytes());
+    response.extend_from_slice(accepted.accept.as_bytes());
+    response.extend_from_slice(b"\r\n\r\n");
+    let upgrade = Upgrade {
+        response: response.into_boxed_slice(),
+        params: ConnectParams::from_query(query),
+        origin: accepted.origin,
+    };
+    Head::Upgrade(upgrade, len)
+}
+
+/// The 101 as `ws` writes it, up to the accept key.
+const SWITCHING: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: Upgrade\r\nSec-WebSocket-Accept: ";
+
+/// An origin-form target (`/path?query`) of URI characters hyper would accept as they are.
+fn is_plain_target(target: &str) -> bool {
+    target.starts_with('/')
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
+}
+
+/// Answers an upgrade request hyper read: 101 and a spawned session, or an HTTP error. `I`
+/// is the connection's stream, which hyper hands back after the 101.
+pub fn handle<B, I>(
+    mut request: Request<B>,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+) -> Response<Body>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let is_get = request.method() == Method::GET;
+    let accepted = match verdict(
+        is_get,
+        request.uri().path(),
+        request.headers(),
+        shared,
+        peer,
+    ) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal.respond(shared),
+    };
     let params = ConnectParams::from_query(request.uri().query().unwrap_or(""));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let task_shared = Arc::clone(shared);
+    let origin = accepted.origin;
     shared.shutdown.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
-                tracing::debug!(ip = %LogIp(ip), %error, "upgrade failed");
+                tracing::debug!(ip = %LogIp(origin.ip), %error, "upgrade failed");
                 return;
             }
         };
-        let origin = Origin { ip, guard };
-        // A plain TCP socket is unwrapped from hyper's upgrade layers (a boxed stream behind
-        // two adapters), so the hot path reads and writes the socket directly. TLS keeps them.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // hyper gives back the stream it was given, and the bytes it read past the request.
+        match upgraded.downcast::<TokioIo<ReadAhead<I>>>() {
             Ok(parts) => {
-                let io = ReadAhead::with_buffered(parts.io.into_inner(), &parts.read_buf);
+                let mut io = parts.io.into_inner();
+                io.unread(&parts.read_buf);
                 // Copied out: the buffer is a view of hyper's 8 KiB read buffer, which it
                 // would otherwise keep alive for the socket's life (+4.7 kB per idle peer).
                 drop(parts.read_buf);
                 session::run(io, params, task_shared, origin).await;
             }
-            Err(upgraded) => {
-                let io = ReadAhead::new(TokioIo::new(upgraded));
-                session::run(io, params, task_shared, origin).await;
-            }
+            Err(_) => tracing::error!("hyper upgraded a stream of another type; closing it"),
         }
     });
 
@@ -158,7 +372,7 @@ pub fn handle<B>(
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(&accept) {
+    if let Ok(value) = HeaderValue::from_str(&accepted.accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
@@ -174,21 +388,25 @@ fn is_valid_key(key: &[u8]) -> bool {
 }
 
 /// With an allow-list, the Origin header must be in it (browsers always send one).
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+fn origin_allowed(allowed: &[String], headers: &(impl Headers + ?Sized)) -> bool {
     if allowed.is_empty() {
         return true;
     }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let origin = headers.value("origin").and_then(text);
     origin.is_some_and(|o| allowed.iter().any(|a| a == o))
 }
 
 /// The client's address: the socket peer, or with `--proxied` the last `X-Forwarded-For`
 /// entry (the one the nearest proxy appended; earlier entries are the client's to forge).
-pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, proxied: bool) -> IpAddr {
+pub(crate) fn client_ip(
+    headers: &(impl Headers + ?Sized),
+    peer: SocketAddr,
+    proxied: bool,
+) -> IpAddr {
     let forwarded = proxied
-        .then(|| headers.get_all("x-forwarded-for").iter().next_back())
+        .then(|| headers.values("x-forwarded-for").next_back())
         .flatten()
-        .and_then(|v| v.to_str().ok())
+        .and_then(text)
         .and_then(|v| v.rsplit(',').next())
         .and_then(|last| parse_forwarded_ip(last.trim()));
     canonical(forwarded.unwrap_or_else(|| peer.ip()))
@@ -207,22 +425,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-/// An HTTP error before the upgrade, shaped like `ws`'s `abortHandshake`.
-fn refuse(
-    shared: &Shared,
-    status: StatusCode,
-    message: &'static str,
-    why: Rejection,
-) -> Response<Body> {
-    shared.metrics.reject(why);
-    let mut response = Response::new(Body::from(message));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 #[cfg(test)]

@@ -139,6 +139,26 @@ pub fn upgrade_request(path: &str, extra_headers: &str) -> String {
     )
 }
 
+/// A client frame as the browser sends it: FIN, opcode text, masked.
+pub fn masked_text_frame(text: &str, mask: [u8; 4]) -> Vec<u8> {
+    let payload = text.as_bytes();
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 /// A parsed HTTP response.
 #[derive(Debug)]
 pub struct HttpResponse {
