@@ -6,7 +6,9 @@
 //! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server frames.
 //! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
 //! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes.
-//! - [`ws`]: the WebSocket upgrade checks and the per-socket session task.
+//! - [`ws`]: the WebSocket handshake (a connection's first request head is read and checked
+//!   here, and an accepted upgrade needs no hyper), the read-ahead socket wrapper, and the
+//!   per-socket session task.
 //! - [`room`]: the room actors (one task owns each room's members and offline queue; it
 //!   publishes the members' queues so that sessions deliver to connected peers directly) and
 //!   the registry that finds them. Global mode is a single room.
@@ -17,11 +19,13 @@
 //!
 //! # Tasks
 //!
-//! One accept loop per listener; one task per HTTP connection until it upgrades; one task per
-//! WebSocket (its only reader and writer); one actor per room. Every channel is bounded and
-//! every task is spawned on the shutdown [`TaskTracker`](tokio_util::task::TaskTracker) and
-//! ends on shutdown (accept loops and connections on the token, room actors on a `Shutdown`
-//! command, sessions when their room closes them), so [`Server::run`] can wait for all of them.
+//! One accept loop per listener; one task per connection, which reads the first request and
+//! then either runs the WebSocket session itself (its only reader and writer) or serves HTTP
+//! with hyper (an upgrade there gets a session task of its own); one actor per room. Every
+//! channel is bounded and every task is spawned on the shutdown
+//! [`TaskTracker`](tokio_util::task::TaskTracker) and ends on shutdown (accept loops and
+//! connections on the token, room actors on a `Shutdown` command, sessions when their room
+//! closes them), so [`Server::run`] can wait for all of them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
