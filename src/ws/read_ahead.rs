@@ -52,7 +52,7 @@ impl<S> ReadAhead<S> {
     /// Whether bytes already read from the socket are waiting here to be handed out: the
     /// session keeps decoding frames while there are, and otherwise goes back to waiting.
     pub fn has_buffered(&self) -> bool {
-        self.taken < self.spill.len()
+        !self.buffered().is_empty()
     }
 
     /// The bytes read from the socket and not yet handed out.
@@ -118,7 +118,7 @@ impl<S> ReadAhead<S> {
 
     /// Hands out spilled bytes; true if there were any.
     fn take_spill(&mut self, buf: &mut ReadBuf<'_>) -> bool {
-        let rest = &self.spill[self.taken..];
+        let rest = self.buffered();
         if rest.is_empty() {
             return false;
         }
