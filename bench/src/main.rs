@@ -61,6 +61,10 @@ struct Cli {
     retries: usize,
     #[arg(long, default_value_t = 30.0)]
     quiet_wait: f64,
+    /// An extra argument for the floor relay, repeatable (e.g. `--floor-arg=--direct-write`
+    /// for its direct-write experiment).
+    #[arg(long, allow_hyphen_values = true)]
+    floor_arg: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -194,6 +198,7 @@ struct Setup {
     peerjsd_origin: PathBuf,
     node_script: Option<PathBuf>,
     floor: PathBuf,
+    floor_args: Vec<String>,
     loadgen: PathBuf,
     server_cpu: usize,
     loadgen_cpu: usize,
@@ -244,6 +249,7 @@ fn main() {
         peerjsd_origin: peerjsd.clone(),
         node_script: node_script.is_file().then_some(node_script.clone()),
         floor: bin_dir.join("floor"),
+        floor_args: cli.floor_arg.clone(),
         loadgen: bin_dir.join("loadgen"),
         server_cpu: cli.server_cpu,
         loadgen_cpu: cli.loadgen_cpu,
@@ -495,6 +501,7 @@ fn server_command(setup: &Setup, srv: ServerKind, port: u16, rooms: bool) -> Com
         ServerKind::Floor => {
             cmd.arg(&setup.floor);
             cmd.args(["--port", &p, "--host", "127.0.0.1"]);
+            cmd.args(&setup.floor_args);
         }
     }
     cmd
@@ -716,11 +723,16 @@ fn machine_info(setup: &Setup, cli: &Cli, runs: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "- servers: peerjsd {} (repo commit {commit}); peerjs-server 1.0.2 on Node {node}; floor = bench/src/bin/floor.rs",
+        "- servers: peerjsd {} (repo commit {commit}); peerjs-server 1.0.2 on Node {node}; floor = bench/src/bin/floor.rs{}",
         if setup.peerjsd.is_some() {
             setup.peerjsd_origin.display().to_string()
         } else {
             "(absent)".into()
+        },
+        if setup.floor_args.is_empty() {
+            String::new()
+        } else {
+            format!(" run with `{}`", setup.floor_args.join(" "))
         },
     );
     s

@@ -47,6 +47,65 @@ struct Args {
     /// 4 KiB (within noise); an idle peer costs 3.8 kB with 2 KiB, 5.9 kB with 4 KiB.
     #[arg(long, default_value_t = 2048)]
     read_buffer: usize,
+    /// Experiment, off in `bench/run.sh`: the sender's task writes a relayed frame straight
+    /// to the destination's socket (one `send`, no wake-up of the destination's task), falling
+    /// back to the queue when the socket would block. It bounds what skipping the second
+    /// task could save; it does not handle backpressure (a partial write ends that
+    /// connection) and breaks the one-writer-per-socket rule peerjsd follows.
+    #[arg(long)]
+    direct_write: bool,
+}
+
+/// A TCP stream shared by its connection task (reads, its own writes) and, with
+/// `--direct-write`, other tasks' direct writes.
+struct SharedTcp(Rc<TcpStream>);
+
+impl tokio::io::AsyncRead for SharedTcp {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// A registered peer: its connection task's outbound queue, and which connection registered
@@ -54,6 +113,8 @@ struct Args {
 struct Peer {
     conn: u64,
     outbox: Rc<Outbox>,
+    /// The socket itself, with `--direct-write`.
+    direct: Option<Rc<TcpStream>>,
 }
 
 /// Frames waiting to be written to one connection. A `VecDeque` allocates nothing until the
@@ -63,6 +124,8 @@ struct Peer {
 struct Outbox {
     frames: RefCell<VecDeque<Utf8Bytes>>,
     ready: Notify,
+    /// A direct write went out in part: the stream is corrupt, the connection ends.
+    broken: std::cell::Cell<bool>,
 }
 
 type Registry = Rc<RefCell<HashMap<Box<str>, Peer>>>;
@@ -91,7 +154,13 @@ async fn serve(args: Args) -> io::Result<()> {
         match listener.accept().await {
             Ok((stream, _)) => {
                 next_conn += 1;
-                tokio::task::spawn_local(connection(stream, registry.clone(), next_conn, config));
+                tokio::task::spawn_local(connection(
+                    stream,
+                    registry.clone(),
+                    next_conn,
+                    config,
+                    args.direct_write,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -102,8 +171,17 @@ async fn serve(args: Args) -> io::Result<()> {
     }
 }
 
-async fn connection(stream: TcpStream, registry: Registry, conn: u64, config: WebSocketConfig) {
+async fn connection(
+    stream: TcpStream,
+    registry: Registry,
+    conn: u64,
+    config: WebSocketConfig,
+    direct_write: bool,
+) {
     let _ = stream.set_nodelay(true);
+    let stream = Rc::new(stream);
+    let direct = direct_write.then(|| stream.clone());
+    let stream = SharedTcp(stream);
     let mut query = None;
     // The callback's signature is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -143,6 +221,7 @@ async fn connection(stream: TcpStream, registry: Registry, conn: u64, config: We
             let peer = Peer {
                 conn,
                 outbox: outbox.clone(),
+                direct,
             };
             peers.insert(id.as_str().into(), peer);
         }
@@ -160,6 +239,9 @@ async fn connection(stream: TcpStream, registry: Registry, conn: u64, config: We
         loop {
             tokio::select! {
                 () = outbox.ready.notified() => {
+                    if outbox.broken.get() {
+                        break;
+                    }
                     // Feed everything queued, flush once.
                     let mut ok = true;
                     loop {
@@ -239,6 +321,35 @@ fn relay(registry: &Registry, src_json: &str, text: &str) {
         out.push_str(payload.get());
     }
     out.push('}');
+    if let Some(tcp) = &peer.direct
+        && peer.outbox.frames.borrow().is_empty()
+    {
+        // A server's text frame: FIN + text opcode, unmasked length, payload.
+        let mut buf = Vec::with_capacity(out.len() + 10);
+        buf.push(0x81);
+        match u16::try_from(out.len()) {
+            Ok(n) if n < 126 => buf.push(n as u8),
+            Ok(n) => {
+                buf.push(126);
+                buf.extend_from_slice(&n.to_be_bytes());
+            }
+            Err(_) => {
+                buf.push(127);
+                buf.extend_from_slice(&(out.len() as u64).to_be_bytes());
+            }
+        }
+        buf.extend_from_slice(out.as_bytes());
+        match tcp.try_write(&buf) {
+            Ok(n) if n == buf.len() => return,
+            Ok(_) => {
+                peer.outbox.broken.set(true);
+                peer.outbox.ready.notify_one();
+                return;
+            }
+            // Would block (or failed): queue it, the connection's task writes it.
+            Err(_) => {}
+        }
+    }
     peer.outbox
         .frames
         .borrow_mut()
