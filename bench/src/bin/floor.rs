@@ -56,9 +56,10 @@ struct Args {
     direct_write: bool,
 }
 
-/// A TCP stream shared by its connection task (reads, its own writes) and, with
-/// `--direct-write`, other tasks' direct writes.
-struct SharedTcp(Rc<TcpStream>);
+/// With `--direct-write`: a TCP stream shared by its connection task (reads, its own writes,
+/// through tokio's own `poll_read`/`poll_write`) and other tasks' direct `try_write`s. One
+/// thread, and no borrow is held across an await, so the borrows never overlap.
+struct SharedTcp(Rc<RefCell<TcpStream>>);
 
 impl tokio::io::AsyncRead for SharedTcp {
     fn poll_read(
@@ -66,17 +67,7 @@ impl tokio::io::AsyncRead for SharedTcp {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        loop {
-            std::task::ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return std::task::Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return std::task::Poll::Ready(Err(e)),
-            }
-        }
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
     }
 }
 
@@ -86,25 +77,19 @@ impl tokio::io::AsyncWrite for SharedTcp {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return std::task::Poll::Ready(other),
-            }
-        }
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
     }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
     }
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_shutdown(cx)
     }
 }
 
@@ -114,7 +99,7 @@ struct Peer {
     conn: u64,
     outbox: Rc<Outbox>,
     /// The socket itself, with `--direct-write`.
-    direct: Option<Rc<TcpStream>>,
+    direct: Option<Rc<RefCell<TcpStream>>>,
 }
 
 /// Frames waiting to be written to one connection. A `VecDeque` allocates nothing until the
@@ -154,13 +139,16 @@ async fn serve(args: Args) -> io::Result<()> {
         match listener.accept().await {
             Ok((stream, _)) => {
                 next_conn += 1;
-                tokio::task::spawn_local(connection(
-                    stream,
-                    registry.clone(),
-                    next_conn,
-                    config,
-                    args.direct_write,
-                ));
+                let _ = stream.set_nodelay(true);
+                let (registry, conn) = (registry.clone(), next_conn);
+                if args.direct_write {
+                    let stream = Rc::new(RefCell::new(stream));
+                    let direct = Some(stream.clone());
+                    let shared = SharedTcp(stream);
+                    tokio::task::spawn_local(connection(shared, direct, registry, conn, config));
+                } else {
+                    tokio::task::spawn_local(connection(stream, None, registry, conn, config));
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -171,17 +159,17 @@ async fn serve(args: Args) -> io::Result<()> {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// One connection. `stream` is the socket itself, or with `--direct-write` a [`SharedTcp`]
+/// over it, `direct` being the same socket for other tasks' writes.
+async fn connection<S>(
+    stream: S,
+    direct: Option<Rc<RefCell<TcpStream>>>,
     registry: Registry,
     conn: u64,
     config: WebSocketConfig,
-    direct_write: bool,
-) {
-    let _ = stream.set_nodelay(true);
-    let stream = Rc::new(stream);
-    let direct = direct_write.then(|| stream.clone());
-    let stream = SharedTcp(stream);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut query = None;
     // The callback's signature is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -339,7 +327,7 @@ fn relay(registry: &Registry, src_json: &str, text: &str) {
             }
         }
         buf.extend_from_slice(out.as_bytes());
-        match tcp.try_write(&buf) {
+        match tcp.borrow().try_write(&buf) {
             Ok(n) if n == buf.len() => return,
             Ok(_) => {
                 peer.outbox.broken.set(true);
