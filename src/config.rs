@@ -145,9 +145,29 @@ struct Cli {
     #[arg(long, env = "PEERJSD_MAX_QUEUED_BYTES", default_value = "33554432")]
     max_queued_bytes: usize,
 
+    /// Each sender's share of the offline queue, in messages; past it that sender gets EXPIRE at once.
+    #[arg(long, env = "PEERJSD_MAX_QUEUE_PER_SENDER", default_value = "128")]
+    max_queue_per_sender: usize,
+
+    /// Each sender's share of the offline queue, in bytes; past it that sender gets EXPIRE at once.
+    #[arg(
+        long,
+        env = "PEERJSD_MAX_QUEUED_BYTES_PER_SENDER",
+        default_value = "1048576"
+    )]
+    max_queued_bytes_per_sender: usize,
+
     /// Frames waiting to be written to one peer; a peer that lets this fill up is closed.
-    #[arg(long, env = "PEERJSD_OUTBOUND_QUEUE", default_value = "256")]
+    #[arg(long, env = "PEERJSD_OUTBOUND_QUEUE", default_value = "4096")]
     outbound_queue: usize,
+
+    /// Bytes waiting to be written to one peer; a peer that lets this fill up is closed.
+    #[arg(long, env = "PEERJSD_MAX_OUTBOUND_BYTES", default_value = "2097152")]
+    max_outbound_bytes: usize,
+
+    /// A socket that accepts no bytes for this long while data waits for it is closed.
+    #[arg(long, env = "PEERJSD_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    write_timeout: Duration,
 
     /// How long a duplicate id's holder has to answer a WebSocket ping before it is evicted.
     #[arg(long, env = "PEERJSD_PROBE_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
@@ -211,8 +231,16 @@ pub struct Config {
     pub max_queue_per_peer: usize,
     /// Offline queue bound server-wide, in bytes.
     pub max_queued_bytes: usize,
+    /// Offline-queue messages one sender may hold.
+    pub max_queue_per_sender: usize,
+    /// Offline-queue bytes one sender may hold.
+    pub max_queued_bytes_per_sender: usize,
     /// Outbound frames buffered per peer.
     pub outbound_queue: usize,
+    /// Outbound bytes buffered per peer (queued, or taken and not yet written).
+    pub max_outbound_bytes: usize,
+    /// How long a socket may accept no bytes while data waits for it.
+    pub write_timeout: Duration,
     /// Liveness probe bound for a duplicate id's holder.
     pub probe_timeout: Duration,
     /// Drain bound on shutdown.
@@ -398,6 +426,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("'{s}' is too long"))
 }
 
+/// What a relayed frame may add to the message it relays (the server's `src`, the envelope)
+/// plus what the outbound queue charges per frame.
+const OUTBOUND_ENVELOPE: usize = 1024;
+
 /// Normalises a mount path the way the PeerJS client does: leading and trailing `/`.
 fn normalise_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 2);
@@ -455,6 +487,23 @@ impl TryFrom<Cli> for Config {
         if cli.max_queue_per_peer == 0 {
             return bad("max-queue-per-peer", &"0", "must be at least 1");
         }
+        if cli.max_queue_per_sender == 0 {
+            return bad("max-queue-per-sender", &"0", "must be at least 1");
+        }
+        // A relayed frame is the inbound message plus the envelope the server writes.
+        let largest_frame = cli.max_message_size + OUTBOUND_ENVELOPE;
+        if cli.max_outbound_bytes < largest_frame {
+            return bad(
+                "max-outbound-bytes",
+                &cli.max_outbound_bytes,
+                &format!(
+                    "must hold the largest message: at least --max-message-size + {OUTBOUND_ENVELOPE} ({largest_frame})"
+                ),
+            );
+        }
+        if cli.write_timeout.is_zero() {
+            return bad("write-timeout", &"0", "must be more than 0");
+        }
         if cli.probe_timeout.is_zero() {
             return bad("probe-timeout", &"0", "must be more than 0");
         }
@@ -501,7 +550,11 @@ impl TryFrom<Cli> for Config {
             handshake_timeout: cli.handshake_timeout,
             max_queue_per_peer: cli.max_queue_per_peer,
             max_queued_bytes: cli.max_queued_bytes,
+            max_queue_per_sender: cli.max_queue_per_sender,
+            max_queued_bytes_per_sender: cli.max_queued_bytes_per_sender,
             outbound_queue: cli.outbound_queue,
+            max_outbound_bytes: cli.max_outbound_bytes,
+            write_timeout: cli.write_timeout,
             probe_timeout: cli.probe_timeout,
             shutdown_timeout: cli.shutdown_timeout,
             log_format: cli.log_format,

@@ -131,7 +131,7 @@ impl Server {
         tracing::info!(peers = shared.peer_count(), "shutting down");
         shared.draining.store(true, Ordering::Release);
         shared.shutdown.token.cancel();
-        shared.rooms.shutdown_all(&shared);
+        shared.rooms.shutdown_all();
         shared.shutdown.tracker.close();
         let deadline = shared.config.shutdown_timeout;
         match tokio::time::timeout(deadline, shared.shutdown.tracker.wait()).await {

@@ -48,6 +48,9 @@ label_enum! {
         TooLarge => "too_large",
         /// The offline queue for the destination (or all queues) was full: EXPIRE sent at once.
         QueueOverflow => "queue_overflow",
+        /// The sender already holds its share of the offline queue
+        /// (`--max-queue-per-sender`, `--max-queued-bytes-per-sender`): EXPIRE sent at once.
+        QueueShare => "queue_share",
         /// Waited in the offline queue until it expired: EXPIRE sent.
         Expired => "expired",
         /// The destination's outbound queue was full: the destination was closed.
@@ -108,6 +111,8 @@ label_enum! {
         ProtocolError => "protocol_error",
         /// The server is shutting down.
         Shutdown => "shutdown",
+        /// The peer's room failed (its actor panicked); close 1011.
+        RoomFailed => "room_failed",
     }
 }
 
@@ -124,6 +129,8 @@ pub struct Metrics {
     pub rooms: Gauge,
     /// WebSocket upgrades accepted.
     pub connections_accepted: Counter,
+    /// Room actors that failed (panicked) and were replaced.
+    room_failures: Counter,
     rejected: Vec<Counter>,
     closed: Vec<Counter>,
     relayed: Vec<Counter>,
@@ -193,6 +200,12 @@ impl Metrics {
             "WebSocket upgrades accepted",
             connections_accepted.clone(),
         );
+        let room_failures = Counter::default();
+        registry.register(
+            "room_failures",
+            "Room actors that failed; their members were closed with 1011",
+            room_failures.clone(),
+        );
         let rejected = family(
             &mut registry,
             "connections_rejected",
@@ -257,6 +270,7 @@ impl Metrics {
             peers,
             rooms,
             connections_accepted,
+            room_failures,
             rejected,
             closed,
             relayed,
@@ -278,6 +292,16 @@ impl Metrics {
     /// Counts a refused connection attempt.
     pub fn reject(&self, why: Rejection) {
         self.rejected[why as usize].inc();
+    }
+
+    /// Counts a room actor that failed.
+    pub fn room_failed(&self) {
+        self.room_failures.inc();
+    }
+
+    /// Room actors that failed so far.
+    pub fn room_failures(&self) -> u64 {
+        self.room_failures.get()
     }
 
     /// Counts an ended session.

@@ -1,8 +1,9 @@
-//! What every part of the server shares: configuration, metrics, the room registry, the
-//! server-wide limits' counters, and the shutdown signal.
+//! What every part of the server shares: configuration, metrics, the room registry (which
+//! holds the budgets rooms draw on), the per-IP connection counts, and the shutdown signal.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
@@ -25,19 +26,15 @@ pub struct Shutdown {
 #[derive(Debug)]
 pub struct Shared {
     /// The validated configuration.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// All metrics.
-    pub metrics: Metrics,
-    /// Live rooms.
-    pub rooms: RoomRegistry,
+    pub metrics: Arc<Metrics>,
+    /// Live rooms, and the peer slots and queue bytes they draw on.
+    pub rooms: Arc<RoomRegistry>,
     /// Draining and task tracking.
     pub shutdown: Shutdown,
     /// Set when shutdown begins: `/health` answers 503.
     pub draining: AtomicBool,
-    /// Registered peers, for `--concurrent-limit`.
-    peers: AtomicUsize,
-    /// Bytes in all offline queues, for `--max-queued-bytes`.
-    queued_bytes: AtomicUsize,
     /// Open WebSocket sessions per client IP, for `--max-connections-per-ip`.
     per_ip: DashMap<IpAddr, usize>,
 }
@@ -45,70 +42,32 @@ pub struct Shared {
 impl Shared {
     /// Fresh state for a server with this configuration.
     pub fn new(config: Config) -> Self {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = Shutdown::default();
+        let rooms = Arc::new(RoomRegistry::new(
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+            shutdown.tracker.clone(),
+        ));
         Shared {
             config,
-            metrics: Metrics::new(),
-            rooms: RoomRegistry::default(),
-            shutdown: Shutdown::default(),
+            metrics,
+            rooms,
+            shutdown,
             draining: AtomicBool::new(false),
-            peers: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
             per_ip: DashMap::new(),
         }
     }
 
-    /// Takes one of the `--concurrent-limit` slots, if any is free.
-    pub fn acquire_peer_slot(&self) -> bool {
-        let limit = self.config.concurrent_limit;
-        let ok = self
-            .peers
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok();
-        if ok {
-            self.metrics.peers.inc();
-        }
-        ok
-    }
-
-    /// Gives a slot back.
-    pub fn release_peer_slot(&self) {
-        self.peers.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.peers.dec();
-    }
-
     /// Registered peers right now.
     pub fn peer_count(&self) -> usize {
-        self.peers.load(Ordering::Acquire)
-    }
-
-    /// Reserves `bytes` of offline queue space, if the server-wide bound allows.
-    pub fn reserve_queue_bytes(&self, bytes: usize) -> bool {
-        let limit = self.config.max_queued_bytes;
-        let ok = self
-            .queued_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                n.checked_add(bytes).filter(|total| *total <= limit)
-            })
-            .is_ok();
-        if ok {
-            self.metrics.queued_bytes.inc_by(bytes as i64);
-            self.metrics.queued_messages.inc();
-        }
-        ok
-    }
-
-    /// Frees `messages` queued messages totalling `bytes`.
-    pub fn release_queue_bytes(&self, messages: usize, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.metrics.queued_bytes.dec_by(bytes as i64);
-        self.metrics.queued_messages.dec_by(messages as i64);
+        self.rooms.budgets.peers()
     }
 
     /// Counts a new socket from `ip` against `--max-connections-per-ip`. The returned guard
     /// gives it back when dropped; `None` if the IP is at its limit.
-    pub fn admit_ip(self: &std::sync::Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+    pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
         if let Some(limit) = self.config.max_connections_per_ip {
             let mut count = self.per_ip.entry(ip).or_insert(0);
             if *count >= limit {
@@ -117,7 +76,7 @@ impl Shared {
             *count += 1;
         }
         Some(IpGuard {
-            shared: std::sync::Arc::clone(self),
+            shared: Arc::clone(self),
             ip,
         })
     }
@@ -131,7 +90,7 @@ impl Shared {
 /// One socket's place in the per-IP count.
 #[derive(Debug)]
 pub struct IpGuard {
-    shared: std::sync::Arc<Shared>,
+    shared: Arc<Shared>,
     ip: IpAddr,
 }
 

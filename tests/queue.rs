@@ -157,6 +157,7 @@ async fn streams_to_an_id_that_connects_midway_arrive_in_order() {
     const MESSAGES: u32 = 1000;
     let server = TestServer::with(|c| {
         c.max_queue_per_peer = SENDERS * MESSAGES as usize;
+        c.max_queue_per_sender = MESSAGES as usize;
         c.outbound_queue = 2 * SENDERS * MESSAGES as usize;
         c.rate_limit = None;
     })

@@ -2,9 +2,19 @@
 //!
 //! It runs the mini-redis deadline loop: handle commands as they come, and sleep until the
 //! oldest queue's expiry (one timer for the whole room, re-armed only when that deadline
-//! changes; an idle room costs nothing). It never awaits a session: every write to a member
-//! is a `try_send` on the member's bounded outbound queue, and a member whose queue is full is
-//! closed as a slow reader. It ends when it has no members and nothing queued, or on shutdown.
+//! changes; an idle room costs nothing). A mailbox that never empties does not hold expiry
+//! back: after every batch of commands the actor looks at the clock and expires what is due.
+//! It never awaits a session: every write to a member is a `try_send` on the member's bounded
+//! outbound queue, and a member whose queue is at its bound is closed as a slow reader. It
+//! ends when it has no members and nothing queued, or on shutdown.
+//!
+//! Removing a member can remove others (its LEAVE finds a member's queue full, which closes
+//! that member, whose LEAVE…): removals go through a work list drained in a loop, never by
+//! recursion, so each departure costs one pass over the room, however many follow it.
+//!
+//! The offline queue is shared fairly: each sender may hold at most its share (messages and
+//! bytes) of what waits, charged at what the entries really cost in memory; past its share,
+//! or past the server-wide budget, the sender gets EXPIRE at once and others keep queueing.
 //!
 //! It also keeps the room's [`Routes`] in step with its members, so that sessions can deliver
 //! to connected members without passing through it (see the module above).
@@ -17,19 +27,23 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::budget::{PeerSlot, QueueCharge};
 use super::outbox::SendError;
-use super::registry::ActorId;
-use super::{
-    ConnId, IdHasher, JoinReply, JoinRequest, Outbound, PeerLink, Refusal, Relay, RoomCmd, Routes,
-};
+use super::registry::{ActorId, RoomRegistry};
+use super::{ConnId, IdHasher, JoinReply, JoinRequest, PeerLink, Refusal, Relay, RoomCmd, Routes};
 use crate::config::RoomMode;
 use crate::metrics::{CloseReason, DropReason};
 use crate::protocol::{self, MessageType};
-use crate::state::Shared;
 
-/// Accounting overhead charged per queued message on top of its frame, so many tiny messages
-/// cannot slip past `--max-queued-bytes`.
-const QUEUE_ENTRY_OVERHEAD: usize = 64;
+/// What a queued message costs in memory besides its frame: its queue slot, the frame's
+/// allocation header and its sender's share entry. Charged against `--max-queued-bytes` and
+/// the sender's `--max-queued-bytes-per-sender`, so many tiny messages cannot slip past them.
+pub const QUEUE_ENTRY_OVERHEAD: usize = 96;
+
+/// What a new offline queue costs in memory besides its messages: its map entry, its id
+/// (allocated once, shared with the deadline list), its deadline entry and its first slots.
+/// Charged against `--max-queued-bytes` when the queue is created.
+pub const QUEUE_OVERHEAD: usize = 256;
 
 /// Commands handled per wake-up before the loop checks its timer again.
 const BATCH: usize = 32;
@@ -46,6 +60,24 @@ struct Member {
     link: PeerLink,
     /// Join order, for `/peers`.
     joined: u64,
+    /// Its place in `--concurrent-limit`, given back when the member is dropped (or passed
+    /// on to whoever takes its id over).
+    slot: PeerSlot,
+}
+
+/// One message waiting for an offline id.
+#[derive(Debug)]
+struct Queued {
+    src: Arc<str>,
+    kind: MessageType,
+    frame: Utf8Bytes,
+}
+
+impl Queued {
+    /// What it is charged to its sender's share.
+    fn cost(&self) -> usize {
+        self.frame.len() + QUEUE_ENTRY_OVERHEAD
+    }
 }
 
 /// Messages waiting for one offline id.
@@ -53,9 +85,16 @@ struct Member {
 struct Queue {
     /// Distinguishes this queue from an earlier one for the same id in the deadline list.
     generation: u64,
-    /// (sender, type, frame), in arrival order.
-    messages: VecDeque<(Arc<str>, MessageType, Utf8Bytes)>,
-    /// Bytes charged against `--max-queued-bytes`.
+    /// In arrival order.
+    messages: VecDeque<Queued>,
+    /// This queue's share of `--max-queued-bytes`, given back when it is dropped.
+    charge: QueueCharge,
+}
+
+/// What one sender holds in the room's offline queues.
+#[derive(Debug, Default, Clone, Copy)]
+struct Share {
+    messages: usize,
     bytes: usize,
 }
 
@@ -64,15 +103,20 @@ pub struct RoomActor {
     key: Box<str>,
     actor_id: ActorId,
     mailbox: mpsc::Receiver<RoomCmd>,
-    shared: Arc<Shared>,
+    /// The registry, and through it the configuration, metrics and budgets.
+    rooms: Arc<RoomRegistry>,
     members: IdMap<Arc<str>, Member>,
     /// The members' queues, published for direct delivery: the same ids as `members`.
     routes: Arc<Routes>,
-    queues: IdMap<Box<str>, Queue>,
+    queues: IdMap<Arc<str>, Queue>,
     /// (deadline, id, generation) of every queue, oldest first. All queues share one
     /// expire timeout, so creation order is expiry order. Entries of flushed queues are
     /// skipped when they come up.
-    deadlines: VecDeque<(Instant, Box<str>, u64)>,
+    deadlines: VecDeque<(Instant, Arc<str>, u64)>,
+    /// Each sender's share of the offline queues; an entry exists while it holds any.
+    shares: IdMap<Arc<str>, Share>,
+    /// Members to remove (and announce), drained by [`RoomActor::settle`].
+    leaving: Vec<(Arc<str>, CloseReason)>,
     next_generation: u64,
     next_join: u64,
     /// Messages relayed, for latency sampling.
@@ -86,17 +130,19 @@ impl RoomActor {
         actor_id: ActorId,
         mailbox: mpsc::Receiver<RoomCmd>,
         routes: Arc<Routes>,
-        shared: Arc<Shared>,
+        rooms: Arc<RoomRegistry>,
     ) -> Self {
         RoomActor {
             key,
             actor_id,
             mailbox,
-            shared,
+            rooms,
             members: IdMap::default(),
             routes,
             queues: IdMap::default(),
             deadlines: VecDeque::new(),
+            shares: IdMap::default(),
+            leaving: Vec::new(),
             next_generation: 0,
             next_join: 0,
             relayed: 0,
@@ -135,15 +181,17 @@ impl RoomActor {
                     if stop {
                         break;
                     }
+                    // A mailbox that is never empty would starve the timer branch.
+                    if self.deadlines.front().is_some_and(|d| d.0 <= Instant::now()) {
+                        self.expire_due(Instant::now());
+                    }
                 }
                 _ = &mut timer, if next.is_some() => self.expire_due(Instant::now()),
             }
+            self.shrink_idle_maps();
             if self.members.is_empty() && self.queues.is_empty() {
-                let shared = Arc::clone(&self.shared);
-                if shared
-                    .rooms
-                    .retire(&self.key, self.actor_id, &mut self.mailbox, &shared)
-                {
+                let rooms = Arc::clone(&self.rooms);
+                if rooms.retire(&self.key, self.actor_id, &mut self.mailbox) {
                     break;
                 }
             }
@@ -162,18 +210,15 @@ impl RoomActor {
                 RoomCmd::ListPeers { reply } => {
                     let _ = reply.send(Vec::new());
                 }
-                RoomCmd::Relay(_) | RoomCmd::Leave { .. } | RoomCmd::Shutdown => {}
+                RoomCmd::Relay(_) | RoomCmd::Leave { .. } | RoomCmd::Shutdown | RoomCmd::Fail => {}
             }
         }
         self.routes.clear();
+        // Slots and queue charges are given back as the members and queues are dropped.
         for (_, member) in self.members.drain() {
-            self.shared.release_peer_slot();
             member.link.tx.kill(CloseReason::Shutdown);
         }
-        for (_, queue) in self.queues.drain() {
-            self.shared
-                .release_queue_bytes(queue.messages.len(), queue.bytes);
-        }
+        self.queues.clear();
         let key = &self.key;
         tracing::debug!(room = %key, "room closed");
     }
@@ -195,7 +240,7 @@ impl RoomActor {
             RoomCmd::Relay(relay) => self.relay(relay),
             RoomCmd::Leave { id, conn, reason } => {
                 if self.members.get(&id).is_some_and(|m| m.link.conn == conn) {
-                    self.remove(&id, reason);
+                    self.leaving.push((id, reason));
                 }
             }
             RoomCmd::Shutdown => {} // handled by the run loop
@@ -205,11 +250,13 @@ impl RoomActor {
                 peers.sort_unstable_by_key(|(_, joined)| *joined);
                 let _ = reply.send(peers.into_iter().map(|(id, _)| Arc::clone(id)).collect());
             }
+            RoomCmd::Fail => panic!("room {:?}: failure injected", self.key),
         }
+        self.settle();
     }
 
     fn room_mode(&self) -> bool {
-        self.shared.config.rooms == RoomMode::Token
+        self.rooms.config.rooms == RoomMode::Token
     }
 
     fn join(&mut self, request: JoinRequest) -> JoinReply {
@@ -223,9 +270,8 @@ impl RoomActor {
         }
         let holder_conn = holder.link.conn;
         let (alive_tx, alive) = oneshot::channel();
-        // A holder whose outbound queue is full is not reading: the dropped `alive_tx` makes
-        // the probe fail at once.
-        let _ = holder.link.tx.try_send(Outbound::Probe(alive_tx));
+        // A holder whose session is gone drops `alive_tx`: the probe fails at once.
+        holder.link.tx.probe(alive_tx);
         JoinReply::Probe {
             holder: holder_conn,
             alive,
@@ -246,45 +292,45 @@ impl RoomActor {
 
     /// Registers a new id, if the room and the server have room for it.
     fn admit(&mut self, request: JoinRequest) -> JoinReply {
-        if self.members.len() >= self.shared.config.max_room_peers {
+        if self.members.len() >= self.rooms.config.max_room_peers {
             return JoinReply::Refused(Refusal::RoomFull);
         }
-        if !self.shared.acquire_peer_slot() {
+        let Some(slot) = self.rooms.budgets.peer_slot() else {
             return JoinReply::Refused(Refusal::ServerFull);
-        }
-        self.install(request);
+        };
+        self.install(request, slot);
         JoinReply::Admitted
     }
 
     /// Puts `request` in the place of the id's current holder, which is closed with `reason`.
-    /// The holder's slots pass to the newcomer, so no limit applies.
+    /// The holder's slot passes to the newcomer, so no limit applies.
     fn replace(&mut self, request: JoinRequest, reason: CloseReason) -> JoinReply {
-        if let Some(old) = self.members.remove(&request.id) {
-            self.routes.remove(&request.id);
-            tracing::info!(
-                peer = &*request.id,
-                reason = reason.as_str(),
-                "peer replaced by a new socket"
-            );
-            old.link.tx.kill(reason);
-            if reason == CloseReason::ProbeFailed {
-                // The old incarnation is gone: the room learns it left before it returns.
-                self.announce_leave(&request.id);
-            }
+        let Some(old) = self.members.remove(&request.id) else {
+            return self.admit(request);
+        };
+        self.routes.remove(&request.id);
+        tracing::info!(
+            peer = &*request.id,
+            reason = reason.as_str(),
+            "peer replaced by a new socket"
+        );
+        let Member { link, slot, .. } = old;
+        link.tx.kill(reason);
+        if reason == CloseReason::ProbeFailed {
+            // The old incarnation is gone: the room learns it left before it returns.
+            self.announce_leave(&request.id);
         }
-        self.install(request);
+        self.install(request, slot);
         JoinReply::Admitted
     }
 
     /// Adds the member, sends OPEN, then delivers what was queued for it.
-    fn install(&mut self, request: JoinRequest) {
+    fn install(&mut self, request: JoinRequest, slot: PeerSlot) {
         let JoinRequest { id, token, link } = request;
         let joined = self.next_join;
         self.next_join += 1;
         // The queue is empty and holds at least one frame, so this cannot fail.
-        let _ = link
-            .tx
-            .try_send(Outbound::Frame(Utf8Bytes::from_static(protocol::OPEN)));
+        let _ = link.tx.try_send(Utf8Bytes::from_static(protocol::OPEN));
         let route = link.tx.route();
         self.members.insert(
             Arc::clone(&id),
@@ -292,19 +338,48 @@ impl RoomActor {
                 token,
                 link,
                 joined,
+                slot,
             },
         );
         if let Some(queue) = self.queues.remove(&*id) {
-            self.shared
-                .release_queue_bytes(queue.messages.len(), queue.bytes);
-            for (_, kind, frame) in queue.messages {
-                self.deliver(&id, kind, frame);
-            }
+            self.flush_queue(&id, queue);
         }
         // Published last: a session that finds the member here delivers after OPEN and after
-        // everything that was queued. (A slow reader closed by the flush above is gone.)
-        if self.members.contains_key(&id) {
-            self.routes.insert(id, route);
+        // everything that was queued.
+        self.routes.insert(id, route);
+    }
+
+    /// Hands a newcomer what was queued for it, in order. The burst is the server's doing, so
+    /// it never makes the newcomer a slow reader: what does not fit in its outbound queue is
+    /// dropped, and its senders get EXPIRE as if it had expired.
+    fn flush_queue(&mut self, id: &Arc<str>, queue: Queue) {
+        let metrics = Arc::clone(&self.rooms.metrics);
+        let mut unsent: Vec<Arc<str>> = Vec::new();
+        for queued in queue.messages {
+            self.unshare(&queued);
+            let Some(member) = self.members.get(id) else {
+                break;
+            };
+            if !unsent.is_empty() {
+                metrics.drop_messages(DropReason::QueueOverflow, 1);
+                if !unsent.contains(&queued.src) {
+                    unsent.push(queued.src);
+                }
+                continue;
+            }
+            match member.link.tx.try_send(queued.frame) {
+                Ok(()) => metrics.relay(queued.kind),
+                Err((SendError::Full, _)) => {
+                    metrics.drop_messages(DropReason::QueueOverflow, 1);
+                    unsent.push(queued.src);
+                }
+                Err((SendError::Closed, _)) => {
+                    metrics.drop_messages(DropReason::Undeliverable, 1);
+                }
+            }
+        }
+        for src in unsent {
+            self.send_expire(id, &src);
         }
     }
 
@@ -319,34 +394,33 @@ impl RoomActor {
         } = relay;
         // The id is read from the frame itself; only the offline path copies it.
         let pushed = match self.members.get(dst.resolve(&frame)) {
-            Some(member) => member.link.tx.try_send(Outbound::Frame(frame)),
+            Some(member) => member.link.tx.try_send(frame),
             None if kind.is_queued_when_offline() => {
-                let dst = Box::from(dst.resolve(&frame));
+                let dst = Arc::from(dst.resolve(&frame));
                 return self.enqueue(src, kind, dst, frame);
             }
             None => {
                 return self
-                    .shared
+                    .rooms
                     .metrics
                     .drop_messages(DropReason::Undeliverable, 1);
             }
         };
         match pushed {
             Ok(()) => {
-                let metrics = &self.shared.metrics;
+                let metrics = &self.rooms.metrics;
                 metrics.relay_sampled(kind, read_at, &mut self.relayed);
             }
-            Err((why, Outbound::Frame(frame))) => self.push_failed(why, dst.resolve(&frame)),
-            Err((_, Outbound::Probe(_))) => {} // not pushed here: a frame was
+            Err((why, frame)) => self.push_failed(why, dst.resolve(&frame)),
         }
     }
 
     /// Hands a frame to a connected member; `false` if it is not there or not reading.
     fn deliver(&mut self, dst: &str, kind: MessageType, frame: Utf8Bytes) -> bool {
         let pushed = match self.members.get(dst) {
-            Some(member) => member.link.tx.try_send(Outbound::Frame(frame)),
+            Some(member) => member.link.tx.try_send(frame),
             None => {
-                self.shared
+                self.rooms
                     .metrics
                     .drop_messages(DropReason::Undeliverable, 1);
                 return false;
@@ -354,7 +428,7 @@ impl RoomActor {
         };
         match pushed {
             Ok(()) => {
-                self.shared.metrics.relay(kind);
+                self.rooms.metrics.relay(kind);
                 true
             }
             Err((why, _)) => {
@@ -364,55 +438,99 @@ impl RoomActor {
         }
     }
 
-    /// A member's queue refused a frame: a full queue means it stopped reading (closed as a
-    /// slow reader); a closed one means its session ended and its Leave is on the way (the
-    /// message is lost, as it would be on the wire).
+    /// A member's queue refused a frame: a full queue means it stopped reading (it is put on
+    /// the leaving list as a slow reader); a closed one means its session ended and its Leave
+    /// is on the way (the message is lost, as it would be on the wire).
     fn push_failed(&mut self, why: SendError, dst: &str) {
+        let metrics = &self.rooms.metrics;
         match why {
             SendError::Full => {
-                self.shared.metrics.drop_messages(DropReason::SlowReader, 1);
+                metrics.drop_messages(DropReason::SlowReader, 1);
                 if let Some((id, _)) = self.members.get_key_value(dst) {
                     let id = Arc::clone(id);
-                    tracing::info!(peer = &*id, "outbound queue full; closing slow reader");
-                    self.remove(&id, CloseReason::SlowReader);
+                    self.slow_reader(id);
                 }
             }
-            SendError::Closed => self
-                .shared
-                .metrics
-                .drop_messages(DropReason::Undeliverable, 1),
+            SendError::Closed => metrics.drop_messages(DropReason::Undeliverable, 1),
         }
     }
 
-    /// Queues a message for an offline id, or answers EXPIRE at once if the queue is full.
-    fn enqueue(&mut self, src: Arc<str>, kind: MessageType, dst: Box<str>, frame: Utf8Bytes) {
-        let cost = frame.len() + QUEUE_ENTRY_OVERHEAD;
-        let per_peer = self.shared.config.max_queue_per_peer;
-        let queued = self.queues.get(&dst).map_or(0, |q| q.messages.len());
-        if queued >= per_peer || !self.shared.reserve_queue_bytes(cost) {
-            self.shared
-                .metrics
-                .drop_messages(DropReason::QueueOverflow, 1);
-            self.send_expire(&dst, &src);
+    fn slow_reader(&mut self, id: Arc<str>) {
+        if !self.leaving.iter().any(|(leaver, _)| *leaver == id) {
+            tracing::info!(peer = &*id, "outbound queue full; closing slow reader");
+            self.leaving.push((id, CloseReason::SlowReader));
+        }
+    }
+
+    /// Queues a message for an offline id, or answers EXPIRE at once if the destination's
+    /// queue, the sender's share or the server-wide budget is full.
+    fn enqueue(&mut self, src: Arc<str>, kind: MessageType, dst: Arc<str>, frame: Utf8Bytes) {
+        let config = &self.rooms.config;
+        let queued = Queued { src, kind, frame };
+        let cost = queued.cost();
+        let share = self.shares.get(&queued.src).copied().unwrap_or_default();
+        let within_share = share.messages < config.max_queue_per_sender
+            && share.bytes + cost <= config.max_queued_bytes_per_sender;
+        let accepted = within_share
+            && match self.queues.get_mut(&dst) {
+                Some(queue) => {
+                    queue.messages.len() < config.max_queue_per_peer && queue.charge.add(cost)
+                }
+                None => self.new_queue(&dst, cost),
+            };
+        if !accepted {
+            let why = if within_share {
+                DropReason::QueueOverflow
+            } else {
+                DropReason::QueueShare
+            };
+            self.rooms.metrics.drop_messages(why, 1);
+            self.send_expire(&dst, &queued.src);
             return;
         }
-        let queue = match self.queues.get_mut(&dst) {
-            Some(queue) => queue,
-            None => {
-                let generation = self.next_generation;
-                self.next_generation += 1;
-                let deadline = Instant::now() + self.shared.config.expire_timeout;
-                self.deadlines
-                    .push_back((deadline, dst.clone(), generation));
-                self.queues.entry(dst).or_insert(Queue {
-                    generation,
-                    messages: VecDeque::new(),
-                    bytes: 0,
-                })
+        let entry = self.shares.entry(Arc::clone(&queued.src)).or_default();
+        entry.messages += 1;
+        entry.bytes += cost;
+        if let Some(queue) = self.queues.get_mut(&dst) {
+            queue.messages.push_back(queued);
+        }
+    }
+
+    /// Creates the queue for `dst` charged with its own overhead and a first message of
+    /// `cost`, if the server-wide budget allows.
+    fn new_queue(&mut self, dst: &Arc<str>, cost: usize) -> bool {
+        let mut charge = self.rooms.budgets.queue_charge();
+        if !charge.add(QUEUE_OVERHEAD + cost) {
+            return false;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let deadline = Instant::now() + self.rooms.config.expire_timeout;
+        self.deadlines
+            .push_back((deadline, Arc::clone(dst), generation));
+        let mut messages = VecDeque::new();
+        messages.reserve_exact(1);
+        self.queues.insert(
+            Arc::clone(dst),
+            Queue {
+                generation,
+                messages,
+                charge,
+            },
+        );
+        true
+    }
+
+    /// Takes a message that leaves the queue off its sender's share.
+    fn unshare(&mut self, queued: &Queued) {
+        let cost = queued.cost();
+        if let Some(share) = self.shares.get_mut(&queued.src) {
+            share.messages -= 1;
+            share.bytes -= cost;
+            if share.messages == 0 {
+                self.shares.remove(&queued.src);
             }
-        };
-        queue.messages.push_back((src, kind, frame));
-        queue.bytes += cost;
+        }
     }
 
     /// Drops every queue whose deadline has passed and tells each sender once (reference §3).
@@ -434,27 +552,36 @@ impl RoomActor {
             let Some(queue) = self.queues.remove(&dst) else {
                 continue;
             };
-            self.shared
-                .release_queue_bytes(queue.messages.len(), queue.bytes);
-            self.shared
+            self.rooms
                 .metrics
                 .drop_messages(DropReason::Expired, queue.messages.len() as u64);
             let mut told: Vec<&Arc<str>> = Vec::new();
-            for (src, _, _) in &queue.messages {
-                if !told.contains(&src) {
-                    told.push(src);
+            for queued in &queue.messages {
+                if !told.contains(&&queued.src) {
+                    told.push(&queued.src);
                 }
             }
             for src in told {
                 self.send_expire(&dst, src);
             }
+            for queued in &queue.messages {
+                self.unshare(queued);
+            }
         }
+        self.settle();
     }
 
     fn send_expire(&mut self, unreachable: &str, sender: &str) {
         if self.members.contains_key(sender) {
             let frame = Utf8Bytes::from(protocol::expire_frame(unreachable, sender));
             self.deliver(sender, MessageType::Expire, frame);
+        }
+    }
+
+    /// Removes everyone on the leaving list, and whoever their departures put on it.
+    fn settle(&mut self) {
+        while let Some((id, reason)) = self.leaving.pop() {
+            self.remove(&id, reason);
         }
     }
 
@@ -465,26 +592,55 @@ impl RoomActor {
             return;
         };
         self.routes.remove(id);
-        self.shared.release_peer_slot();
         // If the session asked (it is closing), nobody listens; otherwise this closes it.
         member.link.tx.kill(reason);
         self.announce_leave(id);
     }
 
-    /// `{"type":"LEAVE","src":<leaver>,"dst":<member>}` to every other member.
+    /// `{"type":"LEAVE","src":<leaver>,"dst":<member>}` to every other member: one pass over
+    /// the room. Members whose queue is full are put on the leaving list, not removed here.
     fn announce_leave(&mut self, leaver: &str) {
-        if !self.shared.config.announce_leave {
+        if !self.rooms.config.announce_leave {
             return;
         }
-        let others: Vec<Arc<str>> = self
-            .members
-            .keys()
-            .filter(|id| &***id != leaver)
-            .cloned()
-            .collect();
-        for member in others {
-            let frame = Utf8Bytes::from(protocol::leave_frame(leaver, &member));
-            self.deliver(&member, MessageType::Leave, frame);
+        let metrics = &self.rooms.metrics;
+        let mut full = Vec::new();
+        for (member, m) in &self.members {
+            if **member == *leaver {
+                continue;
+            }
+            let frame = Utf8Bytes::from(protocol::leave_frame(leaver, member));
+            match m.link.tx.try_send(frame) {
+                Ok(()) => metrics.relay(MessageType::Leave),
+                Err((SendError::Full, _)) => {
+                    metrics.drop_messages(DropReason::SlowReader, 1);
+                    full.push(Arc::clone(member));
+                }
+                Err((SendError::Closed, _)) => {
+                    metrics.drop_messages(DropReason::Undeliverable, 1);
+                }
+            }
+        }
+        for id in full {
+            self.slow_reader(id);
+        }
+    }
+
+    /// Gives back the memory of maps that grew under a burst (many offline ids, many
+    /// senders) once they are mostly empty; `HashMap` and `VecDeque` never shrink by
+    /// themselves.
+    fn shrink_idle_maps(&mut self) {
+        fn oversized(len: usize, capacity: usize) -> bool {
+            capacity > 64 && len < capacity / 4
+        }
+        if oversized(self.queues.len(), self.queues.capacity()) {
+            self.queues.shrink_to_fit();
+        }
+        if oversized(self.shares.len(), self.shares.capacity()) {
+            self.shares.shrink_to_fit();
+        }
+        if oversized(self.deadlines.len(), self.deadlines.capacity()) {
+            self.deadlines.shrink_to_fit();
         }
     }
 }

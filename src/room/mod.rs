@@ -16,6 +16,7 @@
 //! forgetting a room when its actor ends (no members and nothing queued).
 
 pub mod actor;
+pub mod budget;
 pub mod outbox;
 pub mod registry;
 
@@ -44,15 +45,6 @@ pub fn next_conn_id() -> ConnId {
     NEXT_CONN.fetch_add(1, Ordering::Relaxed)
 }
 
-/// What a room hands to a member's session, through its bounded outbound queue.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A text frame to write.
-    Frame(Utf8Bytes),
-    /// "Are you alive?": send a WebSocket ping; answer on the sender when anything arrives.
-    Probe(oneshot::Sender<()>),
-}
-
 /// The room's end of a member's session.
 #[derive(Debug)]
 pub struct PeerLink {
@@ -60,7 +52,8 @@ pub struct PeerLink {
     pub conn: ConnId,
     /// The session's outbound queue; the room only ever `try_send`s on it, and `kill`s it
     /// when it drops a member the session did not ask to remove (take-over, slow reader,
-    /// failed probe, shutdown).
+    /// failed probe, shutdown). Dropped without a kill (the room failed), the session closes
+    /// with 1011.
     pub tx: outbox::OutboxSender,
 }
 
@@ -71,9 +64,9 @@ pub struct SessionLink {
     pub rx: outbox::OutboxReceiver,
 }
 
-/// A fresh pair of link ends with an outbound queue of `capacity` frames.
-pub fn link(capacity: usize) -> (PeerLink, SessionLink) {
-    let (tx, rx) = outbox::outbox(capacity);
+/// A fresh pair of link ends with an outbound queue bounded by `limits`.
+pub fn link(limits: outbox::Limits) -> (PeerLink, SessionLink) {
+    let (tx, rx) = outbox::outbox(limits);
     (
         PeerLink {
             conn: next_conn_id(),
@@ -164,6 +157,8 @@ pub enum RoomCmd {
         /// The answer.
         reply: oneshot::Sender<Vec<Arc<str>>>,
     },
+    /// Panic, as a bug would ([`registry::RoomRegistry::inject_failure`], for tests).
+    Fail,
 }
 
 /// One message to route.
@@ -291,6 +286,11 @@ impl RoomHandle {
     /// Sends a command, waiting for mailbox space. Gives the command back if the room ended.
     pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomCmd> {
         self.tx.send(cmd).await.map_err(|e| e.0)
+    }
+
+    /// Whether the actor is gone (its mailbox is closed).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// Sends a command if the mailbox has room, without waiting.

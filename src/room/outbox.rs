@@ -8,6 +8,18 @@
 //! costs ~100 bytes. The same state carries the room's verdict when it drops the member
 //! (taken over, slow reader, shutdown), so the session watches one thing instead of three.
 //!
+//! **Bounds.** The queue holds at most `frames` frames and `bytes` bytes (`--outbound-queue`,
+//! `--max-outbound-bytes`). A frame's bytes stay charged after the session takes it, until
+//! the session has written it to the socket and calls [`OutboxReceiver::release`], so the
+//! bound covers everything waiting for this peer in the server's memory, not just the queue.
+//! A push that would pass either bound is refused with [`SendError::Full`]: only a peer whose
+//! socket stopped taking bytes gets there (an honest reader drains as fast as it is written
+//! to; see `--write-timeout` in the session for a socket that stalls with little queued).
+//!
+//! **Probes** ("are you alive?" pings for the liveness probe) travel beside the frames, not in
+//! the queue: they are never refused for being full, and the session sends them ahead of
+//! frames still queued.
+//!
 //! Besides the room's own [`OutboxSender`], a room publishes a [`Route`] to each member's
 //! queue so that sessions can hand it messages directly (see [`super::Routes`]). To keep each
 //! sender's messages in order across the two paths, a session counts the messages it sent
@@ -15,27 +27,48 @@
 //! directly while that count is zero.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::Outbound;
 use crate::metrics::CloseReason;
 
 /// Buffers above this many slots are released when the queue drains (a busy peer keeps a
 /// small buffer instead of reallocating every batch; an idle one keeps what OPEN needed).
 const KEEP_CAPACITY: usize = 32;
 
+/// Bytes charged per frame on top of its length: its queue slot and allocation headers, so
+/// that many tiny frames cannot slip past the byte bound.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// Probes waiting at once; more (many newcomers probing one id) are answered "alive" at once,
+/// which can only ever keep a holder, never evict one.
+const MAX_PROBES: usize = 64;
+
+/// What a member's queue may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Frames (`--outbound-queue`).
+    pub frames: usize,
+    /// Bytes, counting [`FRAME_OVERHEAD`] per frame (`--max-outbound-bytes`).
+    pub bytes: usize,
+}
+
+/// What a frame costs against [`Limits::bytes`].
+pub fn charge(frame: &Utf8Bytes) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
+
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
     /// Wakes the consumer after a push, a kill, or when the sender goes away.
     wake: AtomicWaker,
-    capacity: usize,
+    limits: Limits,
     /// Messages this queue's session sent through the room that the room has not handled
     /// yet (see [`InFlight`]).
     in_flight: AtomicU32,
@@ -43,7 +76,11 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Outbound>,
+    queue: VecDeque<Utf8Bytes>,
+    /// Bytes charged: the queued frames plus those taken and not yet released.
+    bytes: usize,
+    /// Liveness probes to answer when the peer shows a sign of life.
+    probes: Vec<oneshot::Sender<()>>,
     /// Set by [`OutboxSender::kill`]: the session must close with this reason.
     killed: Option<CloseReason>,
     /// The sending side is gone: nothing more will come.
@@ -52,22 +89,27 @@ struct State {
     receiver_gone: bool,
 }
 
-/// Why [`OutboxSender::try_send`] refused an item.
+impl State {
+    /// Why nobody will read what is pushed now, if so.
+    fn refuses(&self) -> bool {
+        self.receiver_gone || self.closed || self.killed.is_some()
+    }
+
+    /// The room's verdict for the session. A sender dropped without a kill means the room
+    /// failed (its actor ended without letting its members go).
+    fn verdict(&self) -> Option<CloseReason> {
+        self.killed
+            .or(self.closed.then_some(CloseReason::RoomFailed))
+    }
+}
+
+/// Why [`OutboxSender::try_send`] refused a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
-    /// The queue holds `capacity` items: the consumer is not keeping up.
+    /// The queue is at its bound: the consumer is not taking what it is sent.
     Full,
     /// The consumer is gone.
     Closed,
-}
-
-/// What the session gets from [`OutboxReceiver::recv_all`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Received {
-    /// This many items were moved into the buffer.
-    Items(usize),
-    /// The room dropped this member: close with this reason.
-    Killed(CloseReason),
 }
 
 /// The room's end: pushes without ever waiting.
@@ -82,12 +124,12 @@ pub struct OutboxReceiver {
     inner: Arc<Inner>,
 }
 
-/// A link whose queue holds at most `capacity` items.
-pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
+/// A link whose queue holds at most `limits`.
+pub fn outbox(limits: Limits) -> (OutboxSender, OutboxReceiver) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State::default()),
         wake: AtomicWaker::new(),
-        capacity,
+        limits,
         in_flight: AtomicU32::new(0),
     });
     (
@@ -104,18 +146,20 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `wrap(item)` unless the queue is full, or nobody will read it (the session is
-    /// gone, or the room has let the member go); then `item` comes back with the reason.
-    fn try_push<T>(&self, item: T, wrap: impl FnOnce(T) -> Outbound) -> Result<(), (SendError, T)> {
+    /// Queues `frame` unless the queue is at a bound, or nobody will read it (the session is
+    /// gone, or the room has let the member go); then `frame` comes back with the reason.
+    fn try_push(&self, frame: Utf8Bytes) -> Result<(), (SendError, Utf8Bytes)> {
         {
             let mut state = self.lock();
-            if state.receiver_gone || state.closed || state.killed.is_some() {
-                return Err((SendError::Closed, item));
+            if state.refuses() {
+                return Err((SendError::Closed, frame));
             }
-            if state.queue.len() >= self.capacity {
-                return Err((SendError::Full, item));
+            let cost = charge(&frame);
+            if state.queue.len() >= self.limits.frames || state.bytes + cost > self.limits.bytes {
+                return Err((SendError::Full, frame));
             }
-            state.queue.push_back(wrap(item));
+            state.bytes += cost;
+            state.queue.push_back(frame);
         }
         self.wake.wake();
         Ok(())
@@ -123,10 +167,27 @@ impl Inner {
 }
 
 impl OutboxSender {
-    /// Queues `item` unless the queue is full or its receiver is gone; then the item comes
-    /// back with the reason.
-    pub fn try_send(&self, item: Outbound) -> Result<(), (SendError, Outbound)> {
-        self.inner.try_push(item, |item| item)
+    /// Queues `frame` unless the queue is at a bound or its receiver is gone; then the frame
+    /// comes back with the reason.
+    pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), (SendError, Utf8Bytes)> {
+        self.inner.try_push(frame)
+    }
+
+    /// Asks the session for a sign of life: `alive` gets `()` when the peer shows one. If the
+    /// session cannot be asked (it is gone), `alive` is dropped at once.
+    pub fn probe(&self, alive: oneshot::Sender<()>) {
+        {
+            let mut state = self.inner.lock();
+            if state.refuses() {
+                return;
+            }
+            if state.probes.len() >= MAX_PROBES {
+                let _ = alive.send(());
+                return;
+            }
+            state.probes.push(alive);
+        }
+        self.inner.wake.wake();
     }
 
     /// A handle that pushes to the same queue, for the room's route table. Unlike this
@@ -137,7 +198,7 @@ impl OutboxSender {
         }
     }
 
-    /// Tells the session to close with `reason`; queued items are not delivered.
+    /// Tells the session to close with `reason`; queued frames are not delivered.
     pub fn kill(self, reason: CloseReason) {
         self.inner.lock().killed = Some(reason);
         // Drop wakes the session.
@@ -161,9 +222,7 @@ impl Route {
     /// Queues a frame as [`OutboxSender::try_send`] does (refusing also once the room has
     /// let the member go); gives it back if refused.
     pub fn try_send_frame(&self, frame: Utf8Bytes) -> Result<(), Utf8Bytes> {
-        self.inner
-            .try_push(frame, Outbound::Frame)
-            .map_err(|(_, frame)| frame)
+        self.inner.try_push(frame).map_err(|(_, frame)| frame)
     }
 }
 
@@ -204,154 +263,203 @@ impl OutboxReceiver {
         self.inner.in_flight.load(Ordering::Acquire) != 0
     }
 
-    /// Moves every queued item into `out`, waiting for at least one, or reports the kill.
-    /// A sender dropped without a kill reads as a shutdown. Cancel-safe: nothing is taken
-    /// until it returns.
-    pub async fn recv_all(&mut self, out: &mut Vec<Outbound>) -> Received {
-        poll_fn(|cx| self.poll_recv_all(cx, out)).await
-    }
-
-    fn poll_recv_all(&mut self, cx: &mut Context<'_>, out: &mut Vec<Outbound>) -> Poll<Received> {
+    /// Moves every queued frame into `frames` and every probe into `probes`: `Ready(Ok(()))`
+    /// if there was anything, `Ready(Err(_))` with the room's verdict once it dropped this
+    /// member, else `Pending` (woken by the next push). The frames stay charged until
+    /// [`release`](Self::release)d.
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Utf8Bytes>,
+        probes: &mut Vec<oneshot::Sender<()>>,
+    ) -> Poll<Result<(), CloseReason>> {
         // Register first, then look: a push after the look wakes this registration.
         self.inner.wake.register(cx.waker());
         let mut state = self.inner.lock();
-        if let Some(verdict) = Self::verdict(&state) {
-            return Poll::Ready(Received::Killed(verdict));
+        if let Some(verdict) = state.verdict() {
+            return Poll::Ready(Err(verdict));
         }
-        if state.queue.is_empty() {
+        if state.queue.is_empty() && state.probes.is_empty() {
             return Poll::Pending;
         }
-        let n = state.queue.len();
-        out.extend(state.queue.drain(..));
+        probes.append(&mut state.probes);
+        frames.extend(state.queue.drain(..));
         if state.queue.capacity() > KEEP_CAPACITY {
             state.queue.shrink_to(KEEP_CAPACITY);
         }
-        Poll::Ready(Received::Items(n))
+        Poll::Ready(Ok(()))
     }
 
-    /// Resolves when the room drops this member (for racing a slow write).
-    pub async fn killed(&self) -> CloseReason {
-        poll_fn(|cx| {
-            self.inner.wake.register(cx.waker());
-            match Self::verdict(&self.inner.lock()) {
-                Some(verdict) => Poll::Ready(verdict),
-                None => Poll::Pending,
-            }
-        })
-        .await
+    /// `Ready` with the room's verdict once it dropped this member (for a session whose
+    /// socket is not taking what it has already taken).
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        self.inner.wake.register(cx.waker());
+        match self.inner.lock().verdict() {
+            Some(verdict) => Poll::Ready(verdict),
+            None => Poll::Pending,
+        }
     }
 
-    fn verdict(state: &State) -> Option<CloseReason> {
-        state
-            .killed
-            .or(state.closed.then_some(CloseReason::Shutdown))
+    /// Gives back `bytes` of charge for frames written to the socket.
+    pub fn release(&self, bytes: usize) {
+        let mut state = self.inner.lock();
+        state.bytes = state.bytes.saturating_sub(bytes);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
     use super::*;
 
-    fn frame(s: &'static str) -> Outbound {
-        Outbound::Frame(Utf8Bytes::from_static(s))
+    const ROOMY: Limits = Limits {
+        frames: 4,
+        bytes: 1 << 20,
+    };
+
+    fn frame(s: &'static str) -> Utf8Bytes {
+        Utf8Bytes::from_static(s)
+    }
+
+    async fn take(rx: &OutboxReceiver) -> Result<Vec<String>, CloseReason> {
+        let mut frames = VecDeque::new();
+        let mut probes = Vec::new();
+        poll_fn(|cx| rx.poll_take(cx, &mut frames, &mut probes)).await?;
+        Ok(frames.iter().map(|f| f.as_str().to_owned()).collect())
     }
 
     #[tokio::test]
-    async fn delivers_in_order_and_bounds_the_queue() {
-        let (tx, mut rx) = outbox(2);
+    async fn delivers_in_order_and_bounds_the_queue_in_frames() {
+        let (tx, rx) = outbox(Limits {
+            frames: 2,
+            bytes: 1 << 20,
+        });
         assert!(tx.try_send(frame("a")).is_ok());
         assert!(tx.try_send(frame("b")).is_ok());
-        assert!(
-            matches!(tx.try_send(frame("c")), Err((SendError::Full, Outbound::Frame(f))) if f.as_str() == "c")
-        );
-        let mut out = Vec::new();
-        assert_eq!(rx.recv_all(&mut out).await, Received::Items(2));
-        let texts: Vec<_> = out
-            .iter()
-            .map(|o| match o {
-                Outbound::Frame(f) => f.as_str().to_owned(),
-                Outbound::Probe(_) => String::new(),
-            })
-            .collect();
-        assert_eq!(texts, ["a", "b"]);
+        assert!(matches!(tx.try_send(frame("c")), Err((SendError::Full, f)) if f.as_str() == "c"));
+        assert_eq!(take(&rx).await, Ok(vec!["a".into(), "b".into()]));
         assert!(tx.try_send(frame("c")).is_ok());
     }
 
     #[tokio::test]
-    async fn wakes_the_receiver_and_reports_a_dropped_sender_as_shutdown() {
-        let (tx, mut rx) = outbox(4);
-        let waiter = tokio::spawn(async move {
-            let mut out = Vec::new();
-            let first = rx.recv_all(&mut out).await;
-            let second = rx.recv_all(&mut out).await;
-            (first, second)
+    async fn bytes_stay_charged_until_released() {
+        let small = charge(&frame("0123456789"));
+        let (tx, rx) = outbox(Limits {
+            frames: 100,
+            bytes: 2 * small,
         });
+        assert!(tx.try_send(frame("0123456789")).is_ok());
+        assert!(tx.try_send(frame("0123456789")).is_ok());
+        assert!(matches!(
+            tx.try_send(frame("0123456789")),
+            Err((SendError::Full, _))
+        ));
+        // Taken by the session but not yet written: still charged.
+        assert_eq!(take(&rx).await.map(|f| f.len()), Ok(2));
+        assert!(matches!(
+            tx.try_send(frame("0123456789")),
+            Err((SendError::Full, _))
+        ));
+        rx.release(small);
+        assert!(tx.try_send(frame("0123456789")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn wakes_the_receiver_and_reports_a_sender_dropped_without_a_kill_as_a_failure() {
+        let (tx, rx) = outbox(ROOMY);
+        let waiter = tokio::spawn(async move { (take(&rx).await, take(&rx).await) });
         tokio::task::yield_now().await;
         assert!(tx.try_send(frame("x")).is_ok());
         tokio::task::yield_now().await;
         drop(tx);
         assert_eq!(
             waiter.await.unwrap(),
-            (Received::Items(1), Received::Killed(CloseReason::Shutdown))
+            (Ok(vec!["x".into()]), Err(CloseReason::RoomFailed))
         );
     }
 
     #[tokio::test]
-    async fn a_kill_wins_over_queued_items_and_wakes_a_stuck_writer() {
-        let (tx, mut rx) = outbox(4);
+    async fn a_kill_wins_over_queued_frames_and_wakes_a_stuck_writer() {
+        let (tx, rx) = outbox(ROOMY);
         assert!(tx.try_send(frame("never")).is_ok());
         let (waiting, done) = tokio::sync::oneshot::channel();
         let rx_task = tokio::spawn(async move {
             let _ = waiting.send(());
-            let verdict = rx.killed().await;
-            (verdict, rx.recv_all(&mut Vec::new()).await)
+            let verdict = poll_fn(|cx| rx.poll_killed(cx)).await;
+            (verdict, take(&rx).await)
         });
         done.await.unwrap();
         tx.kill(CloseReason::SlowReader);
         assert_eq!(
             rx_task.await.unwrap(),
-            (
-                CloseReason::SlowReader,
-                Received::Killed(CloseReason::SlowReader)
-            )
+            (CloseReason::SlowReader, Err(CloseReason::SlowReader))
         );
     }
 
     #[tokio::test]
-    async fn a_send_to_a_dropped_receiver_fails() {
-        let (tx, rx) = outbox(4);
+    async fn probes_pass_a_full_queue_and_a_flood_of_them_reads_as_alive() {
+        let (tx, rx) = outbox(Limits {
+            frames: 1,
+            bytes: 1 << 20,
+        });
+        assert!(tx.try_send(frame("fills it")).is_ok());
+        let (alive, answer) = oneshot::channel();
+        tx.probe(alive);
+        let mut frames = VecDeque::new();
+        let mut probes = Vec::new();
+        poll_fn(|cx| rx.poll_take(cx, &mut frames, &mut probes))
+            .await
+            .unwrap();
+        assert_eq!((frames.len(), probes.len()), (1, 1));
+        drop(probes);
+        assert!(answer.await.is_err(), "unanswered probes fail");
+
+        let mut answers = Vec::new();
+        for _ in 0..=MAX_PROBES {
+            let (alive, answer) = oneshot::channel();
+            tx.probe(alive);
+            answers.push(answer);
+        }
+        assert_eq!(answers.pop().unwrap().await, Ok(()), "one too many: alive");
+    }
+
+    #[tokio::test]
+    async fn a_send_to_a_dropped_receiver_fails_and_its_probe_is_dropped() {
+        let (tx, rx) = outbox(ROOMY);
         drop(rx);
         assert!(matches!(
             tx.try_send(frame("x")),
             Err((SendError::Closed, _))
         ));
+        let (alive, answer) = oneshot::channel();
+        tx.probe(alive);
+        assert!(answer.await.is_err());
     }
 
     #[test]
     fn a_route_refuses_once_the_member_is_let_go_or_its_session_is_gone() {
-        let (tx, rx) = outbox(4);
+        let (tx, rx) = outbox(ROOMY);
         let route = tx.route();
-        assert!(route.try_send_frame(Utf8Bytes::from_static("a")).is_ok());
+        assert!(route.try_send_frame(frame("a")).is_ok());
         tx.kill(CloseReason::SlowReader);
         assert_eq!(
-            route
-                .try_send_frame(Utf8Bytes::from_static("b"))
-                .map_err(|f| f.to_string()),
+            route.try_send_frame(frame("b")).map_err(|f| f.to_string()),
             Err("b".to_owned())
         );
         drop(rx);
 
-        let (tx, rx) = outbox(4);
+        let (tx, rx) = outbox(ROOMY);
         let route = tx.route();
         drop(rx);
-        // (The room's own sender refuses too: `a_send_to_a_dropped_receiver_fails`.)
-        assert!(route.try_send_frame(Utf8Bytes::from_static("c")).is_err());
+        // (The room's own sender refuses too: `a_send_to_a_dropped_receiver_fails…`.)
+        assert!(route.try_send_frame(frame("c")).is_err());
         drop(tx);
     }
 
     #[test]
     fn in_flight_counts_until_each_guard_is_dropped() {
-        let (_tx, rx) = outbox(4);
+        let (_tx, rx) = outbox(ROOMY);
         assert!(!rx.has_in_flight());
         let first = rx.in_flight();
         let second = rx.in_flight();

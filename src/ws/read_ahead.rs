@@ -36,6 +36,9 @@ pub struct ReadAhead<S> {
     taken: usize,
     /// Bytes to write before anything else; empty (and unallocated) once written.
     unsent: Box<[u8]>,
+    /// Bytes written so far (wrapping): a writer that saw the socket refuse bytes learns from
+    /// it whether the socket has taken any since.
+    written: u64,
 }
 
 impl<S> ReadAhead<S> {
@@ -46,7 +49,20 @@ impl<S> ReadAhead<S> {
             spill: Vec::new(),
             taken: 0,
             unsent: Box::default(),
+            written: 0,
         }
+    }
+
+    /// Bytes written to the socket so far (wrapping).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn count_written(&mut self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.written = self.written.wrapping_add(n as u64);
+        }
+        polled
     }
 
     /// Whether bytes already read from the socket are waiting here to be handed out: the
@@ -136,7 +152,8 @@ impl<S: AsyncWrite + Unpin> ReadAhead<S> {
     fn poll_write_unsent(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         while !self.unsent.is_empty() {
             let parts = [IoSlice::new(&self.unsent), IoSlice::new(buf)];
-            let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &parts))?;
+            let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, &parts);
+            let n = ready!(self.count_written(polled))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -192,7 +209,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
                 return Poll::Ready(Ok(n));
             }
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.count_written(polled)
     }
 
     fn poll_write_vectored(
@@ -208,7 +226,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
                 .map_or(&[][..], |b| &**b);
             return self.poll_write(cx, first);
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_written(polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -22,13 +22,15 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
@@ -37,10 +39,9 @@ use crate::config::RoomMode;
 use crate::logging::LogIp;
 use crate::metrics::{CloseReason, DropReason, Rejection};
 use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
-use crate::room::outbox::Received;
+use crate::room::outbox::{self, Limits};
 use crate::room::{
-    self, DstRef, JoinReply, JoinRequest, Outbound, Refusal, Relay, RoomCmd, RoomHandle,
-    SessionLink,
+    self, DstRef, JoinReply, JoinRequest, Refusal, Relay, RoomCmd, RoomHandle, SessionLink,
 };
 use crate::state::{IpGuard, Shared};
 
@@ -153,8 +154,11 @@ where
     };
     let id: Arc<str> = Arc::from(params.id.as_str());
     for _ in 0..JOIN_ATTEMPTS {
-        let room = shared.rooms.get_or_spawn(room_key, shared);
-        let (peer_link, link) = room::link(config.outbound_queue);
+        let room = shared.rooms.get_or_spawn(room_key);
+        let (peer_link, link) = room::link(Limits {
+            frames: config.outbound_queue,
+            bytes: config.max_outbound_bytes,
+        });
         let conn = peer_link.conn;
         let request = JoinRequest {
             id: Arc::clone(&id),
@@ -268,6 +272,7 @@ where
         CloseReason::TooLarge => CloseCode::Size,
         CloseReason::InvalidUtf8 => CloseCode::Invalid,
         CloseReason::ProtocolError => CloseCode::Protocol,
+        CloseReason::RoomFailed => CloseCode::Error,
     };
     let text = match reason {
         CloseReason::Shutdown => "going away",
@@ -325,6 +330,18 @@ struct Session<S> {
     probes: Vec<oneshot::Sender<()>>,
     /// Messages delivered directly, for latency sampling.
     delivered: u32,
+    /// What is on its way from the outbox to the socket.
+    out: Writer,
+}
+
+/// What [`Session::poll_event`] found for the loop to handle.
+enum Event {
+    /// An inbound frame (or the end of the stream).
+    Frame(Option<Result<Message, WsError>>),
+    /// The alive deadline, or the write-stall deadline, may have passed.
+    TimerDue,
+    /// The session must end.
+    Close(CloseReason),
 }
 
 impl<S> Session<S>
@@ -353,6 +370,7 @@ where
             last_seen: Instant::now(),
             probes: Vec::new(),
             delivered: 0,
+            out: Writer::default(),
         }
     }
 
@@ -373,30 +391,23 @@ where
 
     async fn serve(&mut self) -> CloseReason {
         let alive_timeout = self.shared.config.alive_timeout;
+        let write_timeout = self.shared.config.write_timeout;
         // No shutdown watch here: on shutdown the room actor kills every member through its
-        // outbox, so the loop watches one thing for all of the room's verdicts.
+        // outbox, so the loop watches one thing for all of the room's verdicts. One timer
+        // serves both deadlines (alive, and the write stall while the socket refuses bytes).
         let deadline = sleep_until(self.last_seen + alive_timeout);
         tokio::pin!(deadline);
-        let mut alive = AliveTimer {
+        let mut timer = Timer {
             sleep: deadline,
             registered: false,
         };
-        // Grows to the largest batch seen; an idle peer holds none.
-        let mut batch = Vec::new();
         loop {
-            tokio::select! {
-                biased;
-                received = self.link.rx.recv_all(&mut batch) => {
-                    if let Received::Killed(why) = received {
-                        return why;
-                    }
-                    if let Err(why) = self.write(&mut batch).await {
-                        return why;
-                    }
-                }
-                frame = self.ws.next() => {
+            let event = poll_fn(|cx| self.poll_event(cx, &mut timer)).await;
+            match event {
+                Event::Close(why) => return why,
+                Event::Frame(frame) => {
                     // The frames one `recv` brought are handled here together, up to
-                    // READ_BATCH, with one clock read instead of a trip around the select
+                    // READ_BATCH, with one clock read instead of a trip around the loop
                     // each. Only the count is held across the await: idle tasks stay small.
                     self.last_seen = Instant::now();
                     let mut frame = frame;
@@ -416,7 +427,7 @@ where
                             break;
                         }
                         handled += 1;
-                        // Polled without this task's waker; the select polls the stream with
+                        // Polled without this task's waker; the loop polls the stream with
                         // it again before the task sleeps.
                         match self.ws.next().now_or_never() {
                             Some(next) => frame = next,
@@ -424,41 +435,114 @@ where
                         }
                     }
                 }
-                () = poll_fn(|cx| alive.poll_fired(cx)) => {
-                    let due = self.last_seen + alive_timeout;
-                    if due <= Instant::now() {
+                Event::TimerDue => {
+                    let now = Instant::now();
+                    let alive_due = self.last_seen + alive_timeout;
+                    if alive_due <= now {
                         return CloseReason::AliveTimeout;
                     }
-                    alive.reset(due);
+                    let stall_due = self.out.stalled_since.map(|since| since + write_timeout);
+                    if stall_due.is_some_and(|due| due <= now) {
+                        self.shared
+                            .metrics
+                            .drop_messages(DropReason::SlowReader, self.out.frames.len() as u64);
+                        tracing::info!(
+                            peer = &*self.id,
+                            "socket took no bytes for the write timeout; closing slow reader"
+                        );
+                        return CloseReason::SlowReader;
+                    }
+                    timer.reset(stall_due.map_or(alive_due, |due| due.min(alive_due)));
                 }
             }
         }
     }
 
-    /// Writes a batch of outbound items with one flush. A socket that cannot take them is
-    /// raced against the room's kill (slow reader, shutdown), so a stuck writer never
-    /// outlives it.
-    async fn write(&mut self, batch: &mut Vec<Outbound>) -> Result<(), CloseReason> {
-        let ws = &mut self.ws;
-        let probes = &mut self.probes;
-        let io = async {
-            for item in batch.drain(..) {
-                match item {
-                    Outbound::Frame(frame) => ws.feed(Message::Text(frame)).await?,
-                    Outbound::Probe(reply) => {
-                        probes.push(reply);
-                        ws.feed(Message::Ping(Bytes::new())).await?;
-                    }
+    /// One look at everything the session waits for, in order: writing what the room queued
+    /// (and the room's verdict), the next inbound frame, the deadlines. Reading goes on while
+    /// a write waits for the socket, so pongs, heartbeats and the close of a peer on a slow
+    /// link are seen however long its writes take.
+    fn poll_event(&mut self, cx: &mut Context<'_>, timer: &mut Timer<'_>) -> Poll<Event> {
+        let written = self.ws.get_ref().written();
+        let blocked = match self.poll_write(cx) {
+            Ok(blocked) => blocked,
+            Err(why) => return Poll::Ready(Event::Close(why)),
+        };
+        if self.ws.get_ref().written() != written && self.out.stalled_since.take().is_some() {
+            // A socket that was full took bytes again: the peer is reading.
+            self.answer_probes();
+        }
+        if blocked {
+            if let Poll::Ready(why) = self.link.rx.poll_killed(cx) {
+                return Poll::Ready(Event::Close(why));
+            }
+            if self.out.stalled_since.is_none() {
+                let now = Instant::now();
+                self.out.stalled_since = Some(now);
+                timer.bring_forward(now + self.shared.config.write_timeout);
+            }
+        } else {
+            self.out.stalled_since = None;
+        }
+        if let Poll::Ready(frame) = self.ws.poll_next_unpin(cx) {
+            return Poll::Ready(Event::Frame(frame));
+        }
+        if timer.poll_fired(cx).is_ready() {
+            return Poll::Ready(Event::TimerDue);
+        }
+        Poll::Pending
+    }
+
+    /// Moves what the room queued to the socket: pings for probes first, then frames (a large
+    /// one in fragments, so the WebSocket's own buffer stays small and control frames can pass
+    /// between them), flushing once the batch is out. Returns whether the socket is refusing
+    /// bytes (`true`) or everything was written and the outbox is empty (`false`).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        loop {
+            while self.out.has_pieces() {
+                match self.ws.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Err(CloseReason::ClientGone),
+                    Poll::Pending => return Ok(true),
+                }
+                if let Some(piece) = self.out.next_piece() {
+                    self.ws
+                        .start_send_unpin(piece)
+                        .map_err(|_| CloseReason::ClientGone)?;
+                    self.out.unflushed = true;
                 }
             }
-            ws.flush().await
-        };
-        // The write goes first: it almost always completes at once, and then the kill switch
-        // is not even polled.
-        tokio::select! {
-            biased;
-            result = io => result.map_err(|_| CloseReason::ClientGone),
-            why = self.link.rx.killed() => Err(why),
+            if self.out.unflushed {
+                match self.ws.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Err(CloseReason::ClientGone),
+                    Poll::Pending => return Ok(true),
+                }
+                self.out.unflushed = false;
+                self.link.rx.release(std::mem::take(&mut self.out.charged));
+            }
+            let mut probes = Vec::new();
+            match self
+                .link
+                .rx
+                .poll_take(cx, &mut self.out.frames, &mut probes)
+            {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(verdict)) => return Err(verdict),
+                Poll::Pending => return Ok(false),
+            }
+            self.out.charged = self.out.frames.iter().map(outbox::charge).sum();
+            if !probes.is_empty() {
+                self.probes.append(&mut probes);
+                self.out.ping = true;
+            }
+        }
+    }
+
+    /// The peer showed a sign of life: every waiting probe learns it.
+    fn answer_probes(&mut self) {
+        for probe in self.probes.drain(..) {
+            let _ = probe.send(());
         }
     }
 
@@ -474,9 +558,7 @@ where
             Some(Ok(message)) => message,
             Some(Err(error)) => return Err(self.read_error(error)),
         };
-        for probe in self.probes.drain(..) {
-            let _ = probe.send(());
-        }
+        self.answer_probes();
         let metrics = &self.shared.metrics;
         match message {
             Message::Text(text) => {
@@ -600,18 +682,25 @@ where
     }
 }
 
-/// The alive deadline, polled only when it may have fired.
+/// The session's one timer (the earliest of its deadlines), polled only when it may have fired.
 ///
 /// A `Sleep` that returned `Pending` keeps that waker until it fires, so while it has not
 /// elapsed, polling it again tells nothing: a busy socket skips the timer poll (and its cache
 /// misses) on every wake-up. After a reset it is polled once, to register again.
-struct AliveTimer<'a> {
+struct Timer<'a> {
     sleep: Pin<&'a mut Sleep>,
     /// Polled (and pending) since the last reset.
     registered: bool,
 }
 
-impl AliveTimer<'_> {
+impl Timer<'_> {
+    /// Makes the timer fire at `at` if that is sooner than it would.
+    fn bring_forward(&mut self, at: Instant) {
+        if at < self.sleep.deadline() {
+            self.reset(at);
+        }
+    }
+
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.registered && !self.sleep.is_elapsed() {
             return Poll::Pending;
@@ -625,6 +714,77 @@ impl AliveTimer<'_> {
         self.sleep.as_mut().reset(at);
         self.registered = false;
     }
+}
+
+/// What is on its way from a session's outbox to its socket.
+#[derive(Default)]
+struct Writer {
+    /// Frames taken from the outbox and not yet wholly handed to the WebSocket (still
+    /// charged). The first may be going out in fragments.
+    frames: VecDeque<Utf8Bytes>,
+    /// How much of the first frame has gone out in fragments (0: none).
+    sent: usize,
+    /// The charge of the batch taken from the outbox, given back once it is flushed.
+    charged: usize,
+    /// Since when the socket has refused bytes without taking any (for `--write-timeout`).
+    stalled_since: Option<Instant>,
+    /// A ping is owed for probes taken from the outbox.
+    ping: bool,
+    /// Pieces were handed to the WebSocket and not flushed yet.
+    unflushed: bool,
+}
+
+/// Frames larger than this go out as fragments of at most this many bytes: the WebSocket's
+/// write buffer (which never shrinks) stays small, a slow reader costs no copying of a large
+/// remainder on every partial write, and control frames (our pings, pongs) can pass between
+/// fragments. Signaling messages are far smaller, so they go whole.
+const FRAGMENT: usize = 16 * 1024;
+
+impl Writer {
+    /// Whether anything waits to be handed to the WebSocket.
+    fn has_pieces(&self) -> bool {
+        self.ping || !self.frames.is_empty()
+    }
+
+    /// The next message to hand to the WebSocket: a ping, or the next frame (whole, or its
+    /// next fragment).
+    fn next_piece(&mut self) -> Option<Message> {
+        if std::mem::take(&mut self.ping) {
+            return Some(Message::Ping(Bytes::new()));
+        }
+        let frame = self.frames.front()?;
+        if self.sent == 0 && frame.len() <= FRAGMENT {
+            return self.frames.pop_front().map(Message::Text);
+        }
+        let payload = Bytes::from(frame.clone());
+        let start = self.sent;
+        let end = fragment_end(&payload, start);
+        let last = end == payload.len();
+        let opcode = if start == 0 {
+            OpData::Text
+        } else {
+            OpData::Continue
+        };
+        let piece = Frame::message(payload.slice(start..end), OpCode::Data(opcode), last);
+        if last {
+            self.frames.pop_front();
+            self.sent = 0;
+        } else {
+            self.sent = end;
+        }
+        Some(Message::Frame(piece))
+    }
+}
+
+/// Where the fragment of UTF-8 text `payload` starting at `offset` ends: [`FRAGMENT`] bytes on,
+/// moved back to a character boundary so each fragment is whole characters.
+fn fragment_end(payload: &[u8], offset: usize) -> usize {
+    let mut end = (offset + FRAGMENT).min(payload.len());
+    // Continuation bytes are 0b10xx_xxxx; a character is at most 4 bytes.
+    while end < payload.len() && end > offset + 1 && payload[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    end
 }
 
 /// Hands a command to the room; waits (boxed, off the hot path) only if its mailbox is full.
