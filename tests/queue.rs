@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use peerjsd::metrics::DropReason;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 #[tokio::test]
@@ -207,4 +207,62 @@ async fn streams_to_an_id_that_connects_midway_arrive_in_order() {
             stream.await.unwrap();
         }
     }
+}
+
+/// One sender fills the offline queue with 1 MiB OFFERs to made-up ids (within the rate
+/// limit, refilling as its EXPIREs come back): it holds no more than its share, and another
+/// sender's messages to a peer that connects a second later are all delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_cannot_use_up_the_offline_queue_for_everyone() {
+    let server = TestServer::with(|_| {}).await; // defaults: 32 MiB in all, 1 MiB per sender
+    let share = server.shared.config.max_queued_bytes_per_sender;
+    let attacker = PeerClient::open(&server, "attacker").await;
+    let honest = PeerClient::open(&server, "honest").await;
+    let offer = |n: u32| {
+        json!({"type": "OFFER", "dst": format!("ghost{n}"), "payload": "x".repeat(1_048_000)})
+            .to_string()
+    };
+    for n in 0..32 {
+        attacker.send_text(&offer(n));
+    }
+    server
+        .until("the first 32 offers handled", |s| {
+            s.metrics.queued_messages.get() as u64
+                + s.metrics.dropped(DropReason::QueueShare)
+                + s.metrics.dropped(DropReason::QueueOverflow)
+                >= 32
+        })
+        .await;
+    let flood = tokio::spawn({
+        let send = attacker.sender();
+        let mut attacker = attacker;
+        async move {
+            // Refill as EXPIREs come back, at most 20 a second (under the rate limit).
+            let mut n = 32;
+            while let Some(frame) = attacker.next_frame().await {
+                if frame["type"] == "EXPIRE" {
+                    n += 1;
+                    send(offer(n));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    for n in 0..28 {
+        honest.send(offer_to("late", n));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let queued = server.shared.rooms.budgets.queued_bytes();
+        assert!(queued <= 2 * share, "{queued} bytes queued");
+    }
+    let mut late = PeerClient::connect(&server, "late", "t").await;
+    assert_eq!(late.recv().await, json!({"type": "OPEN"}));
+    for n in 0..28 {
+        assert_eq!(late.recv().await, relayed(&offer_to("late", n), "honest"));
+    }
+    assert!(server.shared.metrics.dropped(DropReason::QueueShare) > 0);
+    flood.abort();
+}
+
+fn offer_to(dst: &str, n: u32) -> Value {
+    json!({"type": "OFFER", "dst": dst, "payload": {"n": n, "sdp": sdp(300)}})
 }

@@ -255,3 +255,29 @@ async fn a_stalled_reader_is_closed_and_its_room_keeps_receiving() {
         .await;
     assert!(sent_to_friend > 0);
 }
+
+/// A room whose actor fails (a bug; injected here) closes its members with 1011, frees their
+/// seats, and is replaced: the same room works again at once, and other rooms never noticed.
+#[tokio::test]
+async fn a_failed_room_closes_its_members_frees_their_seats_and_comes_back() {
+    let server = room_server(|_| {}).await;
+    let mut a = PeerClient::open_with_token(&server, "a", "doomed").await;
+    let mut b = PeerClient::open_with_token(&server, "b", "doomed").await;
+    let mut c = PeerClient::open_with_token(&server, "c", "elsewhere").await;
+    let d = PeerClient::open_with_token(&server, "d", "elsewhere").await;
+    assert!(server.shared.rooms.inject_failure("doomed"));
+    assert_eq!(a.closed().await, (1011, "room_failed".into()));
+    assert_eq!(b.closed().await, (1011, "room_failed".into()));
+    server
+        .until("seats freed", |s| {
+            s.peer_count() == 2 && s.metrics.closed(CloseReason::RoomFailed) == 2
+        })
+        .await;
+    assert_eq!(server.shared.metrics.room_failures(), 1);
+    let mut a2 = PeerClient::open_with_token(&server, "a", "doomed").await;
+    let b2 = PeerClient::open_with_token(&server, "b", "doomed").await;
+    b2.send(json!({"type": "OFFER", "dst": "a", "payload": 1}));
+    assert_eq!(a2.expect("OFFER").await["src"], "b");
+    d.send(json!({"type": "OFFER", "dst": "c", "payload": 2}));
+    assert_eq!(c.expect("OFFER").await["payload"], 2);
+}

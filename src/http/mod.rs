@@ -65,6 +65,7 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                limit_unsent(&stream);
                 let conn = Connection {
                     peer,
                     shared: Arc::clone(&shared),
@@ -97,6 +98,25 @@ pub async fn accept_loop(
             }
         }
     }
+}
+
+/// Unsent bytes the kernel may hold for one socket before it stops taking more.
+///
+/// Without it, loopback and LAN sockets autotune their send buffers to megabytes: a peer that
+/// stops reading would let the kernel swallow megabytes of what is sent to it (kernel memory
+/// an attacker controls), our pings for the liveness probe would queue behind all of it, and
+/// the session could not tell a stalled socket from a busy one. With it, what waits stays in
+/// the session's own bounded queue, where `--max-outbound-bytes` and `--write-timeout` see it.
+/// Data in flight is not limited by this, so throughput on long links is unchanged.
+pub const NOTSENT_LOWAT: u32 = 16 * 1024;
+
+fn limit_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(%error, "TCP_NOTSENT_LOWAT not set");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
 }
 
 /// What serving a connection needs besides its stream.

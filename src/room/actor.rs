@@ -60,6 +60,8 @@ struct Member {
     link: PeerLink,
     /// Join order, for `/peers`.
     joined: u64,
+    /// On the leaving list: it is not told of others' departures any more.
+    leaving: bool,
     /// Its place in `--concurrent-limit`, given back when the member is dropped (or passed
     /// on to whoever takes its id over).
     slot: PeerSlot,
@@ -239,7 +241,11 @@ impl RoomActor {
             }
             RoomCmd::Relay(relay) => self.relay(relay),
             RoomCmd::Leave { id, conn, reason } => {
-                if self.members.get(&id).is_some_and(|m| m.link.conn == conn) {
+                if let Some(member) = self.members.get_mut(&id)
+                    && member.link.conn == conn
+                    && !member.leaving
+                {
+                    member.leaving = true;
                     self.leaving.push((id, reason));
                 }
             }
@@ -338,6 +344,7 @@ impl RoomActor {
                 token,
                 link,
                 joined,
+                leaving: false,
                 slot,
             },
         );
@@ -455,8 +462,12 @@ impl RoomActor {
         }
     }
 
+    /// Puts a member whose queue is full on the leaving list (once).
     fn slow_reader(&mut self, id: Arc<str>) {
-        if !self.leaving.iter().any(|(leaver, _)| *leaver == id) {
+        if let Some(member) = self.members.get_mut(&id)
+            && !member.leaving
+        {
+            member.leaving = true;
             tracing::info!(peer = &*id, "outbound queue full; closing slow reader");
             self.leaving.push((id, CloseReason::SlowReader));
         }
@@ -597,8 +608,9 @@ impl RoomActor {
         self.announce_leave(id);
     }
 
-    /// `{"type":"LEAVE","src":<leaver>,"dst":<member>}` to every other member: one pass over
-    /// the room. Members whose queue is full are put on the leaving list, not removed here.
+    /// `{"type":"LEAVE","src":<leaver>,"dst":<member>}` to every other member that is not
+    /// leaving itself: one pass over the room. Members whose queue is full are put on the
+    /// leaving list, not removed here.
     fn announce_leave(&mut self, leaver: &str) {
         if !self.rooms.config.announce_leave {
             return;
@@ -606,7 +618,7 @@ impl RoomActor {
         let metrics = &self.rooms.metrics;
         let mut full = Vec::new();
         for (member, m) in &self.members {
-            if **member == *leaver {
+            if m.leaving || **member == *leaver {
                 continue;
             }
             let frame = Utf8Bytes::from(protocol::leave_frame(leaver, member));
@@ -642,5 +654,159 @@ impl RoomActor {
         if oversized(self.deadlines.len(), self.deadlines.capacity()) {
             self.deadlines.shrink_to_fit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::room::outbox::Limits;
+    use crate::room::{RoomHandle, SessionLink, link};
+
+    fn registry(tweak: impl FnOnce(&mut Config)) -> Arc<RoomRegistry> {
+        let mut config = Config::default();
+        tweak(&mut config);
+        Arc::new(RoomRegistry::new(
+            Arc::new(config),
+            Arc::new(Metrics::new()),
+            TaskTracker::new(),
+        ))
+    }
+
+    /// Joins `id` with an outbound queue of `frames`; the session end is returned unread,
+    /// with its registration.
+    async fn join(room: &RoomHandle, id: &str, frames: usize) -> (SessionLink, ConnId) {
+        let (peer, session) = link(Limits {
+            frames,
+            bytes: 1 << 20,
+        });
+        let conn = peer.conn;
+        let request = JoinRequest {
+            id: Arc::from(id),
+            token: Box::from("t"),
+            link: peer,
+        };
+        assert!(matches!(
+            room.join(request).await,
+            Some(JoinReply::Admitted)
+        ));
+        (session, conn)
+    }
+
+    /// Everything queued for a session, as text.
+    fn taken(session: &SessionLink) -> Vec<String> {
+        let mut frames = VecDeque::new();
+        let mut probes = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        let _ = session.rx.poll_take(
+            &mut std::task::Context::from_waker(&waker),
+            &mut frames,
+            &mut probes,
+        );
+        frames.iter().map(|f| f.as_str().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn thousands_of_slow_readers_leave_one_after_another_without_recursion() {
+        const MEMBERS: usize = 5000;
+        let rooms = registry(|c| c.announce_leave = true);
+        let room = rooms.get_or_spawn("");
+        // Each queue holds one frame: OPEN fills it, so every LEAVE finds it full.
+        let mut sessions = Vec::new();
+        for n in 0..MEMBERS {
+            sessions.push(join(&room, &format!("p{n}"), 1).await);
+        }
+        assert_eq!(rooms.budgets.peers(), MEMBERS);
+        // p0's session ends: its LEAVE finds every other queue full, and each of those
+        // members' own departure would (recursively, before) announce to the rest.
+        let leave = RoomCmd::Leave {
+            id: Arc::from("p0"),
+            conn: sessions[0].1,
+            reason: CloseReason::ClientGone,
+        };
+        room.send(leave).await.unwrap();
+        // The actor survives and has removed everyone.
+        let peers = room.list_peers().await;
+        assert!(peers.is_empty(), "{} left", peers.len());
+        assert_eq!(rooms.budgets.peers(), 0);
+        assert_eq!(
+            rooms.metrics.dropped(DropReason::SlowReader),
+            (MEMBERS - 1) as u64,
+            "one LEAVE refused per member, then none to members already leaving"
+        );
+        drop(sessions);
+    }
+
+    /// A producer on another worker keeps the mailbox full with commands the actor takes
+    /// longer to handle than the producer to send (listing a room of 500), so the actor never
+    /// finds it empty: the queue must still expire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queues_expire_on_time_while_the_mailbox_never_empties() {
+        let rooms = registry(|c| c.expire_timeout = Duration::from_millis(300));
+        let room = rooms.get_or_spawn("");
+        let (sender, _) = join(&room, "sender", 16).await;
+        let mut others = Vec::new();
+        for n in 0..500 {
+            others.push(join(&room, &format!("p{n}"), 16).await);
+        }
+        assert_eq!(taken(&sender), [protocol::OPEN]);
+        let (text, _) =
+            protocol::relay_frame_locating_dst(MessageType::Offer, "sender", "ghost", None);
+        room.send(RoomCmd::Relay(Relay {
+            src: Arc::from("sender"),
+            kind: MessageType::Offer,
+            dst: super::super::DstRef::Owned(Box::from("ghost")),
+            frame: Utf8Bytes::from(text),
+            read_at: Instant::now(),
+            sent: sender.rx.in_flight(),
+        }))
+        .await
+        .unwrap();
+        let busy = room.clone();
+        let producer = tokio::spawn(async move {
+            loop {
+                for _ in 0..64 {
+                    let (reply, _) = oneshot::channel();
+                    let _ = busy.try_send(RoomCmd::ListPeers { reply });
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let expire = protocol::expire_frame("ghost", "sender");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut expired = false;
+        while !expired && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            expired = taken(&sender).contains(&expire);
+        }
+        producer.abort();
+        assert!(
+            expired,
+            "no EXPIRE within 5 s while the mailbox stayed busy"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_actor_frees_its_seats_and_is_replaced() {
+        let rooms = registry(|_| {});
+        let room = rooms.get_or_spawn("");
+        let (member, _) = join(&room, "a", 16).await;
+        assert_eq!(rooms.budgets.peers(), 1);
+        assert!(rooms.inject_failure(""));
+        let verdict = poll_fn(|cx| member.rx.poll_killed(cx, &mut Vec::new())).await;
+        assert_eq!(verdict, CloseReason::RoomFailed);
+        assert_eq!(rooms.budgets.peers(), 0);
+        assert_eq!(rooms.metrics.room_failures(), 1);
+        // The next join gets a fresh actor, not the dead one's handle.
+        let fresh = rooms.get_or_spawn("");
+        let _again = join(&fresh, "a", 16).await;
+        assert_eq!(rooms.len(), 1);
     }
 }

@@ -290,11 +290,18 @@ impl OutboxReceiver {
         Poll::Ready(Ok(()))
     }
 
-    /// `Ready` with the room's verdict once it dropped this member (for a session whose
-    /// socket is not taking what it has already taken).
-    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+    /// For a session whose socket is not taking what it has already taken: moves new probes
+    /// into `probes` (they need not wait behind the frames), and is `Ready` with the room's
+    /// verdict once it dropped this member.
+    pub fn poll_killed(
+        &self,
+        cx: &mut Context<'_>,
+        probes: &mut Vec<oneshot::Sender<()>>,
+    ) -> Poll<CloseReason> {
         self.inner.wake.register(cx.waker());
-        match self.inner.lock().verdict() {
+        let mut state = self.inner.lock();
+        probes.append(&mut state.probes);
+        match state.verdict() {
             Some(verdict) => Poll::Ready(verdict),
             None => Poll::Pending,
         }
@@ -386,7 +393,7 @@ mod tests {
         let (waiting, done) = tokio::sync::oneshot::channel();
         let rx_task = tokio::spawn(async move {
             let _ = waiting.send(());
-            let verdict = poll_fn(|cx| rx.poll_killed(cx)).await;
+            let verdict = poll_fn(|cx| rx.poll_killed(cx, &mut Vec::new())).await;
             (verdict, take(&rx).await)
         });
         done.await.unwrap();

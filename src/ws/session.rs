@@ -473,8 +473,13 @@ where
             self.answer_probes();
         }
         if blocked {
-            if let Poll::Ready(why) = self.link.rx.poll_killed(cx) {
+            let waiting = self.probes.len();
+            if let Poll::Ready(why) = self.link.rx.poll_killed(cx, &mut self.probes) {
                 return Poll::Ready(Event::Close(why));
+            }
+            if self.probes.len() > waiting {
+                // Ask now, between fragments, rather than behind what is queued.
+                self.out.ping = true;
             }
             if self.out.stalled_since.is_none() {
                 let now = Instant::now();

@@ -381,6 +381,18 @@ impl PeerClient {
         }
     }
 
+    /// The next text frame, waiting as long as it takes (for a task that only reacts to
+    /// what arrives); `None` once the connection has ended.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match self.events.recv().await? {
+                Event::Frame(value) => return Some(value),
+                Event::Closed(_) | Event::Error(_) => return None,
+                Event::Binary(_) => {}
+            }
+        }
+    }
+
     /// The next text frame, failing on anything else.
     pub async fn recv(&mut self) -> Value {
         match self.event().await {
@@ -502,4 +514,120 @@ pub fn relayed(message: &Value, src: &str) -> Value {
         out["payload"] = payload.clone();
     }
     out
+}
+
+/// A WebSocket client on a socket with a small receive buffer (`rcvbuf` bytes; the kernel
+/// doubles it), over `wrap` of the TCP stream: the handshake is done and OPEN read. A test
+/// that stops polling it is a peer that stopped reading; its socket fills after a few KB.
+pub async fn small_buffer_peer<S>(
+    server: &TestServer,
+    id: &str,
+    token: &str,
+    rcvbuf: u32,
+    wrap: impl FnOnce(TcpStream) -> S,
+) -> tokio_tungstenite::WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let url = server.peer_url(id, token);
+    let (mut ws, _) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, wrap(stream)))
+            .await
+            .expect("handshake timed out")
+            .expect("handshake");
+    let open = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("no OPEN")
+        .expect("closed before OPEN")
+        .expect("read");
+    assert_eq!(
+        open.into_text().expect("text").as_str(),
+        r#"{"type":"OPEN"}"#
+    );
+    ws
+}
+
+/// Reads `ws` (through whatever backlog it has) until the server's close: (code, reason).
+pub async fn read_to_close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (frame.code.into(), frame.reason.to_string());
+            }
+            Ok(Some(Ok(Message::Close(None)))) | Ok(None) => return (1005, String::new()),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return (1006, e.to_string()),
+            Err(_) => panic!("no close within {WAIT:?}"),
+        }
+    }
+}
+
+/// A link that delivers at most `chunk` bytes per `every`: a peer on a slow connection that
+/// keeps reading.
+pub struct SlowLink<S> {
+    inner: S,
+    chunk: usize,
+    every: Duration,
+    next: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> SlowLink<S> {
+    pub fn new(inner: S, chunk: usize, every: Duration) -> Self {
+        SlowLink {
+            inner,
+            chunk,
+            every,
+            next: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowLink<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        std::task::ready!(self.next.as_mut().poll(cx));
+        let this = &mut *self;
+        let n = this.chunk.min(buf.remaining());
+        let mut limited = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(n));
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+        let got = limited.filled().len();
+        buf.advance(got);
+        let at = tokio::time::Instant::now() + this.every;
+        this.next.as_mut().reset(at);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlowLink<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
