@@ -62,10 +62,13 @@ COPY --from=builder /build/target/release/peerjsd /usr/local/bin/peerjsd
 COPY config/peerjsd.toml /etc/peerjsd/peerjsd.toml
 
 # Only settings that cannot shadow yours: the config file's path (a PEERJSD_* variable beats a
-# key in it, a --config flag beats this) and the log filter. No PORT or PEERJSD_PORT here: they
+# key in it, a --config flag beats this), the log filter, and glibc's allocator told to keep a
+# fixed mmap threshold, so large buffers (megabyte messages) go back to the system when freed
+# instead of staying resident after a burst or an attack. No PORT or PEERJSD_PORT here: they
 # would beat the port of a mounted config file.
 ENV PEERJSD_CONFIG=/etc/peerjsd/peerjsd.toml \
-    RUST_LOG=info
+    RUST_LOG=info \
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
 
 # Numeric, so Kubernetes' runAsNonRoot can check it.
 USER 10001:10001

@@ -47,6 +47,7 @@ required=(
   ProtectControlGroups=yes
   KillSignal=SIGTERM
   Environment=RUST_LOG=info
+  Environment=GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
 )
 for line in "${required[@]}"; do
   [ "$(grep -cxF -- "$line" "$unit")" = 1 ] || fail "$unit: want exactly one line '$line'"
