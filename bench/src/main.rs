@@ -37,6 +37,10 @@ struct Cli {
     /// The peerjsd binary [default: `peerjsd` beside this binary].
     #[arg(long)]
     peerjsd: Option<PathBuf>,
+    /// Another peerjsd binary (the commit before a change, a variant build), run with
+    /// peerjsd's arguments as the server `baseline`, for a same-run comparison.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// The folder where `npm ci` installed peer@1.0.2.
     #[arg(long, default_value = "bench/node")]
     node_dir: PathBuf,
@@ -82,6 +86,7 @@ enum ScenarioId {
 enum ServerKind {
     PeerjsServer,
     Floor,
+    Baseline,
     Peerjsd,
 }
 
@@ -90,6 +95,7 @@ impl ServerKind {
         match self {
             ServerKind::PeerjsServer => "peerjs-server",
             ServerKind::Floor => "floor",
+            ServerKind::Baseline => "baseline",
             ServerKind::Peerjsd => "peerjsd",
         }
     }
@@ -196,6 +202,8 @@ struct Setup {
     /// The copy of the peerjsd binary that is run, and where it was copied from.
     peerjsd: Option<PathBuf>,
     peerjsd_origin: PathBuf,
+    /// The copy of the `--baseline` binary, if one was given.
+    baseline: Option<PathBuf>,
     node_script: Option<PathBuf>,
     floor: PathBuf,
     floor_args: Vec<String>,
@@ -244,9 +252,21 @@ fn main() {
     let peerjsd_copy = out.join("peerjsd");
     let peerjsd_usable =
         peerjsd.is_file() && build_failed.is_none() && fs::copy(&peerjsd, &peerjsd_copy).is_ok();
+    let baseline = cli.baseline.as_ref().and_then(|path| {
+        let copy = out.join("peerjsd-baseline");
+        let copied = fs::copy(path, &copy).is_ok();
+        if !copied {
+            notes.push(format!(
+                "baseline: cannot copy {}; not measured",
+                path.display()
+            ));
+        }
+        copied.then_some(copy)
+    });
     let setup = Setup {
         peerjsd: peerjsd_usable.then_some(peerjsd_copy),
         peerjsd_origin: peerjsd.clone(),
+        baseline,
         node_script: node_script.is_file().then_some(node_script.clone()),
         floor: bin_dir.join("floor"),
         floor_args: cli.floor_arg.clone(),
@@ -287,6 +307,7 @@ fn main() {
     };
     let available = |k: ServerKind| match k {
         ServerKind::Peerjsd => setup.peerjsd.is_some(),
+        ServerKind::Baseline => setup.baseline.is_some(),
         ServerKind::PeerjsServer => setup.node_script.is_some(),
         ServerKind::Floor => true,
     };
@@ -298,11 +319,12 @@ fn main() {
         let wanted: Vec<ServerKind> = if !cli.servers.is_empty() {
             cli.servers.clone()
         } else if sc == ScenarioId::Hold19k {
-            vec![ServerKind::Peerjsd]
+            vec![ServerKind::Baseline, ServerKind::Peerjsd]
         } else {
             vec![
                 ServerKind::PeerjsServer,
                 ServerKind::Floor,
+                ServerKind::Baseline,
                 ServerKind::Peerjsd,
             ]
         };
@@ -331,7 +353,8 @@ fn main() {
     let guard = !cli.quick && cli.max_noise > 0.0;
     let mut repeated = 0usize;
     for (i, &(sc, rep, srv)) in plan.iter().enumerate() {
-        let rooms = sc == ScenarioId::Rooms4 && srv == ServerKind::Peerjsd;
+        let rooms =
+            sc == ScenarioId::Rooms4 && matches!(srv, ServerKind::Peerjsd | ServerKind::Baseline);
         let run = if let Some(why) = start_failures.get(&(srv, rooms)) {
             Run {
                 report: LoadReport {
@@ -484,8 +507,13 @@ fn server_command(setup: &Setup, srv: ServerKind, port: u16, rooms: bool) -> Com
     cmd.arg("-c").arg(setup.server_cpu.to_string());
     let p = port.to_string();
     match srv {
-        ServerKind::Peerjsd => {
-            cmd.arg(setup.peerjsd.as_deref().unwrap_or(Path::new("peerjsd")));
+        ServerKind::Peerjsd | ServerKind::Baseline => {
+            let binary = if srv == ServerKind::Baseline {
+                setup.baseline.as_deref()
+            } else {
+                setup.peerjsd.as_deref()
+            };
+            cmd.arg(binary.unwrap_or(Path::new("peerjsd")));
             cmd.args(["--port", &p, "--host", "127.0.0.1", "--path", "/"]);
             cmd.args(["--concurrent-limit", "100000", "--rate-limit", "0"]);
             cmd.args(["--max-connections-per-ip", "0"]);
@@ -735,6 +763,13 @@ fn machine_info(setup: &Setup, cli: &Cli, runs: usize) -> String {
             format!(" run with `{}`", setup.floor_args.join(" "))
         },
     );
+    if let Some(baseline) = &cli.baseline {
+        let _ = writeln!(
+            s,
+            "- baseline: {} (another peerjsd, same arguments)",
+            baseline.display()
+        );
+    }
     s
 }
 
@@ -987,6 +1022,7 @@ fn render(
     let servers = [
         ServerKind::PeerjsServer,
         ServerKind::Floor,
+        ServerKind::Baseline,
         ServerKind::Peerjsd,
     ];
     let present: Vec<ServerKind> = servers
