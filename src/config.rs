@@ -133,9 +133,29 @@ struct Cli {
     #[arg(long, env = "PEERJSD_MAX_CONNECTIONS_PER_IP", default_value = "256")]
     max_connections_per_ip: usize,
 
-    /// An HTTP request or TLS handshake that takes longer than this is dropped.
+    /// A TLS handshake plus first request head, or any later request head, that takes longer
+    /// than this is dropped, as is a kept-alive HTTP connection idle this long.
     #[arg(long, env = "PEERJSD_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+
+    /// Most TCP connections from one client address, of any kind, from accept to close (HTTP
+    /// 429 and close past it); 0 = no limit. Not applied with --proxied.
+    #[arg(long, env = "PEERJSD_MAX_TCP_PER_IP", default_value = "512")]
+    max_tcp_per_ip: usize,
+
+    /// Most connections still in their handshake (TLS, or no whole first request head yet)
+    /// server-wide; past it the oldest of them is dropped for the newcomer.
+    #[arg(long, env = "PEERJSD_MAX_HANDSHAKES", default_value = "1024")]
+    max_handshakes: usize,
+
+    /// Most connections still in their handshake from one client address (HTTP 429 and close
+    /// past it); 0 = no limit. Not applied with --proxied.
+    #[arg(long, env = "PEERJSD_MAX_HANDSHAKES_PER_IP", default_value = "32")]
+    max_handshakes_per_ip: usize,
+
+    /// IPv6 clients are counted per network of this prefix length in the per-address limits.
+    #[arg(long, env = "PEERJSD_IPV6_PREFIX", default_value = "64", value_parser = clap::value_parser!(u8).range(1..=128))]
+    ipv6_prefix: u8,
 
     /// Most queued messages for one offline peer; past it the sender gets EXPIRE at once.
     #[arg(long, env = "PEERJSD_MAX_QUEUE_PER_PEER", default_value = "64")]
@@ -181,6 +201,10 @@ struct Cli {
     #[arg(long, env = "PEERJSD_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
 
+    /// Serve /metrics on the public port too; false: only on --metrics-addr (404 on the public port).
+    #[arg(long, env = "PEERJSD_METRICS_PUBLIC", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    metrics_public: bool,
+
     /// Also serve /metrics (and /health) on this separate address, e.g. 127.0.0.1:9100.
     #[arg(long, env = "PEERJSD_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -225,8 +249,19 @@ pub struct Config {
     pub max_message_size: usize,
     /// Most sockets per client IP; `None` = unlimited.
     pub max_connections_per_ip: Option<usize>,
-    /// Bound on reading an HTTP request head or a TLS handshake.
+    /// Bound on a TLS handshake plus the first request head, on any later head, and on an
+    /// idle kept-alive HTTP connection.
     pub handshake_timeout: Duration,
+    /// Most TCP connections per client address; `None` = unlimited. Not applied with
+    /// `proxied` (the socket peer is then the proxy).
+    pub max_tcp_per_ip: Option<usize>,
+    /// Most connections in their handshake server-wide (at least 1).
+    pub max_handshakes: usize,
+    /// Most connections in their handshake per client address; `None` = unlimited. Not
+    /// applied with `proxied`.
+    pub max_handshakes_per_ip: Option<usize>,
+    /// Prefix length an IPv6 client address is counted under (1 to 128).
+    pub ipv6_prefix: u8,
     /// Offline queue bound per destination.
     pub max_queue_per_peer: usize,
     /// Offline queue bound server-wide, in bytes.
@@ -247,6 +282,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether `/metrics` is served on the public port (it always is on `metrics_addr`).
+    pub metrics_public: bool,
     /// Separate listener for `/metrics` and `/health`.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -455,6 +492,16 @@ impl TryFrom<Cli> for Config {
         if cli.key.is_empty() {
             return bad("key", &"", "must not be empty");
         }
+        if cli.key.len() > crate::protocol::MAX_NAME_LEN {
+            return bad(
+                "key",
+                &cli.key,
+                &format!(
+                    "at most {} characters (clients cannot send a longer one)",
+                    crate::protocol::MAX_NAME_LEN
+                ),
+            );
+        }
         if cli.path.contains(['?', '#']) || cli.path.chars().any(char::is_whitespace) {
             return bad("path", &cli.path, "must be a plain URL path");
         }
@@ -500,6 +547,12 @@ impl TryFrom<Cli> for Config {
                     "must hold the largest message: at least --max-message-size + {OUTBOUND_ENVELOPE} ({largest_frame})"
                 ),
             );
+        }
+        if cli.handshake_timeout.is_zero() {
+            return bad("handshake-timeout", &"0", "must be more than 0");
+        }
+        if cli.max_handshakes == 0 {
+            return bad("max-handshakes", &"0", "must be at least 1");
         }
         if cli.write_timeout.is_zero() {
             return bad("write-timeout", &"0", "must be more than 0");
@@ -548,6 +601,11 @@ impl TryFrom<Cli> for Config {
             max_connections_per_ip: (cli.max_connections_per_ip > 0)
                 .then_some(cli.max_connections_per_ip),
             handshake_timeout: cli.handshake_timeout,
+            max_tcp_per_ip: (cli.max_tcp_per_ip > 0).then_some(cli.max_tcp_per_ip),
+            max_handshakes: cli.max_handshakes,
+            max_handshakes_per_ip: (cli.max_handshakes_per_ip > 0)
+                .then_some(cli.max_handshakes_per_ip),
+            ipv6_prefix: cli.ipv6_prefix,
             max_queue_per_peer: cli.max_queue_per_peer,
             max_queued_bytes: cli.max_queued_bytes,
             max_queue_per_sender: cli.max_queue_per_sender,
@@ -558,6 +616,7 @@ impl TryFrom<Cli> for Config {
             probe_timeout: cli.probe_timeout,
             shutdown_timeout: cli.shutdown_timeout,
             log_format: cli.log_format,
+            metrics_public: cli.metrics_public,
             metrics_addr: cli.metrics_addr,
         })
     }
@@ -620,6 +679,29 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_take_zero_as_off() {
+        let c = Config::default();
+        assert_eq!(c.max_tcp_per_ip, Some(512));
+        assert_eq!(c.max_handshakes_per_ip, Some(32));
+        assert_eq!((c.max_handshakes, c.ipv6_prefix), (1024, 64));
+        assert!(c.metrics_public);
+        let c = run(&[
+            "--max-tcp-per-ip",
+            "0",
+            "--max-handshakes-per-ip",
+            "0",
+            "--ipv6-prefix",
+            "48",
+            "--metrics-public",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!((c.max_tcp_per_ip, c.max_handshakes_per_ip), (None, None));
+        assert_eq!(c.ipv6_prefix, 48);
+        assert!(!c.metrics_public);
+    }
+
+    #[test]
     fn defaults_follow_the_mode() {
         let c = Config::default();
         assert_eq!(
@@ -649,6 +731,13 @@ mod tests {
         assert!(e.contains("--sslcert"), "{e}");
         let e = run(&["--rooms", "token", "--max-room-peers", "1"]).unwrap_err();
         assert!(e.contains("--max-room-peers"), "{e}");
+        let e = run(&["--key", &"k".repeat(65)]).unwrap_err();
+        assert!(e.contains("--key") && e.contains("at most 64"), "{e}");
+        assert_eq!(run(&["--key", &"k".repeat(64)]).unwrap().key.len(), 64);
+        let e = run(&["--ipv6-prefix", "129"]).unwrap_err();
+        assert!(e.contains("--ipv6-prefix") && !e.contains('\n'), "{e}");
+        let e = run(&["--max-handshakes", "0"]).unwrap_err();
+        assert!(e.contains("--max-handshakes"), "{e}");
     }
 
     #[test]

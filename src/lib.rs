@@ -5,7 +5,10 @@
 //! - [`config`]: command line, environment and config file, validated once into [`Config`].
 //! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server frames.
 //! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
-//! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes.
+//! - [`gate`]: what every accepted connection passes: per-address counts of connections and
+//!   of handshakes, and the server-wide bound on connections still in their handshake.
+//! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes, and the
+//!   read/write deadlines of the connections hyper serves.
 //! - [`ws`]: the WebSocket handshake (a connection's first request head is read and checked
 //!   here, and an accepted upgrade needs no hyper), the read-ahead socket wrapper, and the
 //!   per-socket session task.
@@ -31,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod gate;
 pub mod http;
 pub mod json;
 pub mod logging;

@@ -4,7 +4,7 @@
 //! below (never a room, token or peer id), and each labelled series is resolved to its own
 //! handle up front, so recording on the hot path is one atomic add.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -81,6 +81,15 @@ label_enum! {
         RoomFull => "room_full",
         /// `--concurrent-limit` reached.
         ServerFull => "server_full",
+        /// Past `--max-tcp-per-ip`: refused at accept with 429.
+        TcpPerIp => "tcp_per_ip",
+        /// Past `--max-handshakes-per-ip`: refused at accept with 429.
+        HandshakesPerIp => "handshakes_per_ip",
+        /// Still in its handshake, the oldest, when `--max-handshakes` was reached: dropped for a
+        /// newer connection.
+        HandshakeEvicted => "handshake_evicted",
+        /// No TLS handshake or no whole first request head within `--handshake-timeout`.
+        HandshakeTimeout => "handshake_timeout",
     }
 }
 
@@ -145,6 +154,14 @@ pub struct Metrics {
     pub relay_latency: Histogram,
     /// Last sample for the JSON rates: (when, relayed, errors) and the rates it produced.
     rate_sample: Mutex<RateSample>,
+    /// TCP connections open on any listener, from accept to close.
+    pub tcp_connections: Gauge,
+    /// Connections still in their handshake (TLS, or no whole first request head yet).
+    pub handshakes: Gauge,
+    /// HTTP connections closed because the client took no bytes for `--write-timeout`.
+    pub http_write_timeouts: Counter,
+    /// The `process_*` figures, refreshed off the runtime's workers.
+    process_cache: Arc<ProcessCache>,
 }
 
 #[derive(Clone, Copy)]
@@ -260,10 +277,30 @@ impl Metrics {
             Unit::Seconds,
             relay_latency.clone(),
         );
+        let tcp_connections = Gauge::default();
+        registry.register(
+            "tcp_connections",
+            "TCP connections open on any listener, from accept to close",
+            tcp_connections.clone(),
+        );
+        let handshakes = Gauge::default();
+        registry.register(
+            "handshakes",
+            "Connections still in their handshake (TLS, or no whole first request head yet)",
+            handshakes.clone(),
+        );
+        let http_write_timeouts = Counter::default();
+        registry.register(
+            "http_write_timeouts",
+            "HTTP connections (REST, ops, refused upgrades) closed because the client took no \
+             bytes of an answer for --write-timeout",
+            http_write_timeouts.clone(),
+        );
         registry.register_collector(Box::new(LogLinesDropped));
         let now = Instant::now();
         let mut process = Registry::default();
-        process.register_collector(Box::new(ProcessCollector));
+        let process_cache = Arc::new(ProcessCache::default());
+        process.register_collector(Box::new(ProcessCollector(Arc::clone(&process_cache))));
         Metrics {
             registry,
             process,
@@ -286,7 +323,23 @@ impl Metrics {
                 messages_per_second: 0.0,
                 error_rate: 0.0,
             }),
+            tcp_connections,
+            handshakes,
+            http_write_timeouts,
+            process_cache,
         }
+    }
+
+    /// Makes the `process_*` figures at most [`PROCESS_REFRESH`] old before a scrape: reads
+    /// `/proc` on the blocking pool when they are older, never more than one read at a time
+    /// however many scrapes wait, and never on the caller's thread.
+    pub async fn refresh_process(&self) {
+        ProcessCache::refresh(&self.process_cache).await;
+    }
+
+    /// How many times the `process_*` figures were read from `/proc` (tests).
+    pub fn process_reads(&self) -> u64 {
+        self.process_cache.lock().reads
     }
 
     /// Counts a refused connection attempt.
@@ -430,15 +483,91 @@ impl prometheus_client::collector::Collector for LogLinesDropped {
     }
 }
 
-/// The standard `process_*` metrics, read from `/proc/self` at scrape time (Linux only;
-/// elsewhere it reports nothing).
+/// How old the `process_*` figures may be when a scrape is answered.
+pub const PROCESS_REFRESH: Duration = Duration::from_secs(1);
+
+/// The standard `process_*` figures, read from `/proc/self` (Linux only; elsewhere nothing is
+/// reported).
+///
+/// Reading them walks `/proc/self/fd`, which costs in proportion to the open sockets (17 ms
+/// at 16k): done on every scrape on a runtime worker, a few clients pipelining scrapes could
+/// take the cores from the relays. So the figures are cached: a scrape that finds them older
+/// than [`PROCESS_REFRESH`] starts one read on the blocking pool (or waits for the one under
+/// way) and the collector only copies the cache.
+#[derive(Debug, Default)]
+struct ProcessCache {
+    state: Mutex<CacheState>,
+    /// Wakes the scrapes waiting for a read under way.
+    read_done: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// The last figures read (`None` before the first read, or where `/proc` is missing).
+    figures: Option<ProcessFigures>,
+    /// When they were read (tokio's clock, so that tests can move it).
+    read_at: Option<tokio::time::Instant>,
+    /// A read is under way on the blocking pool.
+    reading: bool,
+    /// Reads so far.
+    reads: u64,
+}
+
+impl CacheState {
+    fn fresh(&self) -> bool {
+        self.read_at
+            .is_some_and(|at| at.elapsed() < PROCESS_REFRESH)
+    }
+}
+
+impl ProcessCache {
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    async fn refresh(cache: &Arc<Self>) {
+        loop {
+            // Registered before looking, so a read that ends in between is not missed.
+            let done = cache.read_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            {
+                let mut state = cache.lock();
+                if state.fresh() {
+                    return;
+                }
+                if !state.reading {
+                    state.reading = true;
+                    let cache = Arc::clone(cache);
+                    // The read owns its result: a scrape that goes away does not start another.
+                    tokio::task::spawn_blocking(move || {
+                        let figures = ProcessFigures::read();
+                        let mut state = cache.lock();
+                        state.figures = figures;
+                        state.read_at = Some(tokio::time::Instant::now());
+                        state.reading = false;
+                        state.reads += 1;
+                        drop(state);
+                        cache.read_done.notify_waiters();
+                    });
+                }
+            }
+            done.await;
+        }
+    }
+}
+
+/// The `process_*` metrics from [`ProcessCache`].
 #[derive(Debug)]
-struct ProcessCollector;
+struct ProcessCollector(Arc<ProcessCache>);
 
 /// Clock ticks per second of `/proc/<pid>/stat` times: USER_HZ, 100 on every Linux ABI.
 const USER_HZ: f64 = 100.0;
 
-impl ProcessCollector {
+impl ProcessFigures {
     fn read() -> Option<ProcessFigures> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         // Fields after the parenthesised command name, which may itself contain spaces.
@@ -477,6 +606,7 @@ impl ProcessCollector {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 struct ProcessFigures {
     cpu_seconds: f64,
     resident_bytes: f64,
@@ -494,7 +624,9 @@ impl prometheus_client::collector::Collector for ProcessCollector {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
-        let Some(p) = Self::read() else { return Ok(()) };
+        let Some(p) = self.0.lock().figures else {
+            return Ok(());
+        };
         let cpu = ConstCounter::new(p.cpu_seconds);
         cpu.encode(encoder.encode_descriptor(
             "process_cpu",
@@ -564,6 +696,35 @@ fn family<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn process_figures_are_read_at_most_once_a_second_however_many_scrape() {
+        let m = Metrics::new();
+        assert!(
+            !m.encode_text().contains("process_open_fds"),
+            "nothing read yet"
+        );
+        futures_util::future::join_all((0..50).map(|_| m.refresh_process())).await;
+        assert_eq!(m.process_reads(), 1, "one read for 50 concurrent scrapes");
+        assert!(m.encode_text().contains("\nprocess_open_fds "));
+        m.refresh_process().await;
+        tokio::time::advance(PROCESS_REFRESH - Duration::from_millis(1)).await;
+        m.refresh_process().await;
+        assert_eq!(m.process_reads(), 1, "still fresh");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        futures_util::future::join_all((0..50).map(|_| m.refresh_process())).await;
+        assert_eq!(m.process_reads(), 2, "stale: read again, once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scrape_that_goes_away_does_not_start_a_second_read() {
+        let m = Metrics::new();
+        // Started and dropped before its read finished.
+        let abandoned = tokio::time::timeout(Duration::ZERO, m.refresh_process()).await;
+        assert!(abandoned.is_err());
+        m.refresh_process().await;
+        assert_eq!(m.process_reads(), 1);
+    }
 
     #[test]
     fn exposition_has_every_series_with_zero() {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::gate::{Gate, address_key};
 use crate::metrics::Metrics;
 use crate::room::registry::RoomRegistry;
 
@@ -35,8 +36,10 @@ pub struct Shared {
     pub shutdown: Shutdown,
     /// Set when shutdown begins: `/health` answers 503.
     pub draining: AtomicBool,
-    /// Open WebSocket sessions per client IP, for `--max-connections-per-ip`.
+    /// Open WebSocket sessions per client address key, for `--max-connections-per-ip`.
     per_ip: DashMap<IpAddr, usize>,
+    /// Every TCP connection's place, per address and among those in their handshake.
+    pub gate: Arc<Gate>,
 }
 
 impl Shared {
@@ -50,6 +53,7 @@ impl Shared {
             Arc::clone(&metrics),
             shutdown.tracker.clone(),
         ));
+        let gate = Arc::new(Gate::new(&config, Arc::clone(&metrics)));
         Shared {
             config,
             metrics,
@@ -57,6 +61,7 @@ impl Shared {
             shutdown,
             draining: AtomicBool::new(false),
             per_ip: DashMap::new(),
+            gate,
         }
     }
 
@@ -65,9 +70,11 @@ impl Shared {
         self.rooms.budgets.peers()
     }
 
-    /// Counts a new socket from `ip` against `--max-connections-per-ip`. The returned guard
-    /// gives it back when dropped; `None` if the IP is at its limit.
+    /// Counts a new socket from `ip` against `--max-connections-per-ip` (an IPv6 address by
+    /// its `--ipv6-prefix` network). The returned guard gives it back when dropped; `None` if
+    /// the address is at its limit.
     pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        let ip = address_key(ip, self.config.ipv6_prefix);
         if let Some(limit) = self.config.max_connections_per_ip {
             let mut count = self.per_ip.entry(ip).or_insert(0);
             if *count >= limit {
@@ -83,6 +90,7 @@ impl Shared {
 
     /// Open sockets from `ip` (for tests and metrics).
     pub fn connections_from(&self, ip: IpAddr) -> usize {
+        let ip = address_key(ip, self.config.ipv6_prefix);
         self.per_ip.get(&ip).map_or(0, |c| *c)
     }
 }

@@ -48,13 +48,15 @@ const MAX_CONNECTION_TASK_BYTES: usize = MAX_SESSION_TASK_BYTES + 64;
 async fn a_connection_task_is_about_its_session() {
     let shared = Arc::new(Shared::new(Config::default()));
     let (_client, server_io) = tokio::io::duplex(1024);
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let admitted = shared.gate.admit(peer).expect("admitted");
     let conn = Connection {
-        peer: "127.0.0.1:5000".parse().unwrap(),
+        peer,
         shared: Arc::clone(&shared),
         router: router(Arc::clone(&shared)),
         signaling: true,
     };
-    let task = conn.serve(server_io);
+    let task = conn.serve(server_io, admitted.handshake);
     let size = std::mem::size_of_val(&task);
     assert!(
         size <= MAX_CONNECTION_TASK_BYTES,

@@ -12,11 +12,15 @@ use axum::routing::get;
 
 use crate::state::Shared;
 
-/// `/health` and `/metrics`.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+/// `/health`, and `/metrics` unless `metrics` is false (`--metrics-public false` on the
+/// public port: it then answers 404 like any unknown path).
+pub fn routes(metrics: bool) -> Router<Arc<Shared>> {
+    let router = Router::new().route("/health", get(health));
+    if metrics {
+        router.route("/metrics", get(self::metrics))
+    } else {
+        router
+    }
 }
 
 fn now_ms() -> u128 {
@@ -52,7 +56,9 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response<Body> {
 }
 
 /// Prometheus text when the scraper asks for it (Accept names `text/plain` or
-/// `application/openmetrics-text`), else the JSON summary.
+/// `application/openmetrics-text`), else the JSON summary. Either costs the same however
+/// many sockets are open: the `process_*` figures come from a cache refreshed at most once a
+/// second off the runtime's workers.
 pub async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response<Body> {
     let accept = headers
         .get(header::ACCEPT)
@@ -64,6 +70,7 @@ pub async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
         } else {
             "text/plain; version=0.0.4; charset=utf-8"
         };
+        shared.metrics.refresh_process().await;
         let mut response = Response::new(Body::from(shared.metrics.encode_text()));
         response
             .headers_mut()

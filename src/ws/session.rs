@@ -134,6 +134,8 @@ where
     let config = &shared.config;
     let refusal = if params.id.is_empty() || params.token.is_empty() || params.key.is_empty() {
         Some((Rejection::MissingParams, texts::NO_ID_TOKEN_OR_KEY))
+    } else if params.key.len() > protocol::MAX_NAME_LEN {
+        Some((Rejection::InvalidName, texts::KEY_TOO_LONG))
     } else if params.key != config.key {
         Some((Rejection::InvalidKey, texts::INVALID_KEY))
     } else if !protocol::is_valid_id(&params.id) {

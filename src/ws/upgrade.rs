@@ -8,10 +8,11 @@
 //! (missing parameters, wrong key, taken id…) is answered after the upgrade, in-band, as the
 //! PeerJS client expects.
 //!
-//! A connection's first request is read here ([`read_head`]) before hyper sees it. An upgrade
+//! A connection's first request head is read here ([`read_head`]) before hyper sees it, to
+//! the end (the connection is in its handshake until then; see [`crate::gate`]). An upgrade
 //! that passes every check is answered here and its session runs in the connection's own
 //! task; anything else (REST, a refusal, an unusual request) goes to hyper with the bytes
-//! read so far, and an upgrade hyper serves comes back through [`handle`]. Both paths run
+//! read so far, and an upgrade hyper serves comes back through `check`. Both paths run
 //! the same checks (`verdict`). The short path saves a connection hyper's machinery, a
 //! second task, and a TCP segment: its 101 goes out with the session's first frame.
 
@@ -20,20 +21,21 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::read_ahead::ReadAhead;
-use super::session::{self, Origin};
+use super::session::Origin;
 use crate::logging::LogIp;
 use crate::metrics::Rejection;
 use crate::protocol::ConnectParams;
 use crate::state::Shared;
 
-/// Longest request head the short path reads; a longer one (hyper takes up to 64 KiB) is
-/// left to hyper.
+/// Longest request head the short path parses; a longer one is left to hyper.
 const HEAD_LIMIT: usize = 8 * 1024;
+/// Longest request head read at all (hyper's read buffer limit): a head still not whole at
+/// this size is handed to hyper, which answers 431.
+pub const MAX_HEAD: usize = 64 * 1024;
 /// Headers the short path parses; a request with more is left to hyper.
 const MAX_HEADERS: usize = 32;
 
@@ -233,26 +235,42 @@ pub struct Upgrade {
     pub origin: Origin,
 }
 
-/// Reads a connection's first request head into `io`. Returns the upgrade when it is a
-/// WebSocket upgrade that passes every check (the head is then consumed), `None` when hyper
-/// should serve it (the bytes stay in `io` for hyper to read), or the read error; the end of
-/// the stream before a whole head is `UnexpectedEof`.
+/// Reads a connection's first request head into `io`, to its end. Returns the upgrade when
+/// `signaling` and it is a WebSocket upgrade that passes every check (the head is then
+/// consumed), `None` when hyper should serve it (the bytes stay in `io` for hyper to read:
+/// a whole head, a head past [`MAX_HEAD`], or bytes that are not HTTP), or the read error;
+/// the end of the stream before a whole head is `UnexpectedEof`.
 pub async fn read_head<S>(
     io: &mut ReadAhead<S>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
+    signaling: bool,
 ) -> std::io::Result<Option<Upgrade>>
 where
     S: AsyncRead + Unpin,
 {
+    // Past `HEAD_LIMIT` the head is only searched for its end, from where the last search
+    // stopped, so a dribbled head costs no more than reading it.
+    let mut searched = None;
     loop {
-        match parse_head(io.buffered(), shared, peer) {
-            Head::Partial => {}
-            Head::Upgrade(upgrade, len) => {
-                io.consume(len);
-                return Ok(Some(upgrade));
+        match searched {
+            None => match parse_head(io.buffered(), shared, peer, signaling) {
+                Head::Partial => {}
+                Head::Upgrade(upgrade, len) => {
+                    io.consume(len);
+                    return Ok(Some(upgrade));
+                }
+                Head::ForHyper => return Ok(None),
+                Head::Long => searched = Some(0),
+            },
+            Some(from) => {
+                let buf = io.buffered();
+                if buf.len() >= MAX_HEAD || head_ends(&buf[from..]) {
+                    return Ok(None);
+                }
+                // The end may straddle two reads.
+                searched = Some(buf.len().saturating_sub(2));
             }
-            Head::ForHyper => return Ok(None),
         }
         if io.fill().await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -260,23 +278,42 @@ where
     }
 }
 
+/// Whether `buf` holds the empty line that ends a request head (`\n\n` or `\n\r\n`).
+fn head_ends(buf: &[u8]) -> bool {
+    buf.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && matches!(&buf[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+}
+
 enum Head {
     Partial,
     /// An accepted upgrade, and the length of its head.
     Upgrade(Upgrade, usize),
+    /// A whole head (or not HTTP) for hyper.
     ForHyper,
+    /// Not whole, and too long or with too many headers for the short path: read on until
+    /// it is, then hyper judges it.
+    Long,
 }
 
 /// Parses `buf` as a request head (kept out of `read_head` so the header slots are not part
 /// of the connection's future).
-fn parse_head(buf: &[u8], shared: &Arc<Shared>, peer: SocketAddr) -> Head {
+fn parse_head(buf: &[u8], shared: &Arc<Shared>, peer: SocketAddr, signaling: bool) -> Head {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if signaling => len,
+        Ok(httparse::Status::Complete(_)) => return Head::ForHyper,
         Ok(httparse::Status::Partial) if buf.len() < HEAD_LIMIT => return Head::Partial,
-        // Too long, too many headers, or not HTTP: hyper answers it.
-        _ => return Head::ForHyper,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return if head_ends(buf) {
+                Head::ForHyper
+            } else {
+                Head::Long
+            };
+        }
+        // Not HTTP: hyper answers it (400) at once.
+        Err(_) => return Head::ForHyper,
     };
     let headers: &[httparse::Header<'_>] = request.headers;
     let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
@@ -320,53 +357,22 @@ fn is_plain_target(target: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
 }
 
-/// Answers an upgrade request hyper read: 101 and a spawned session, or an HTTP error. `I`
-/// is the connection's stream, which hyper hands back after the 101.
-pub fn handle<B, I>(
-    mut request: Request<B>,
+/// Checks an upgrade request hyper read: its parameters, its place in the per-IP count and
+/// the 101 to answer with, or the refusal (answer with [`Refusal::respond`]).
+pub(crate) fn check<B>(
+    request: &Request<B>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
-) -> Response<Body>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<(ConnectParams, Origin, Response<Body>), Refusal> {
     let is_get = request.method() == Method::GET;
-    let accepted = match verdict(
+    let accepted = verdict(
         is_get,
         request.uri().path(),
         request.headers(),
         shared,
         peer,
-    ) {
-        Ok(accepted) => accepted,
-        Err(refusal) => return refusal.respond(shared),
-    };
+    )?;
     let params = ConnectParams::from_query(request.uri().query().unwrap_or(""));
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let task_shared = Arc::clone(shared);
-    let origin = accepted.origin;
-    shared.shutdown.tracker.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(ip = %LogIp(origin.ip), %error, "upgrade failed");
-                return;
-            }
-        };
-        // hyper gives back the stream it was given, and the bytes it read past the request.
-        match upgraded.downcast::<TokioIo<ReadAhead<I>>>() {
-            Ok(parts) => {
-                let mut io = parts.io.into_inner();
-                io.unread(&parts.read_buf);
-                // Copied out: the buffer is a view of hyper's 8 KiB read buffer, which it
-                // would otherwise keep alive for the socket's life (+4.7 kB per idle peer).
-                drop(parts.read_buf);
-                session::run(io, params, task_shared, origin).await;
-            }
-            Err(_) => tracing::error!("hyper upgraded a stream of another type; closing it"),
-        }
-    });
-
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -375,7 +381,7 @@ where
     if let Ok(value) = HeaderValue::from_str(&accepted.accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
-    response
+    Ok((params, accepted.origin, response))
 }
 
 /// `ws`'s check: 16 bytes of base64, i.e. 22 base64 characters and `==`.
@@ -409,7 +415,7 @@ pub(crate) fn client_ip(
         .and_then(text)
         .and_then(|v| v.rsplit(',').next())
         .and_then(|last| parse_forwarded_ip(last.trim()));
-    canonical(forwarded.unwrap_or_else(|| peer.ip()))
+    crate::gate::canonical(forwarded.unwrap_or_else(|| peer.ip()))
 }
 
 fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
@@ -417,14 +423,6 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
         .parse::<IpAddr>()
         .ok()
         .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
-}
-
-/// IPv4 clients of a dual-stack socket appear as `::ffff:a.b.c.d`; count them as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

@@ -192,15 +192,17 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
             break;
         }
         raw.extend_from_slice(&buf[..n]);
-        if let Some(response) = parse_response(&raw) {
+        if let Some(response) = parse_response(&raw, false) {
             return response;
         }
     }
-    parse_response(&raw)
+    parse_response(&raw, true)
         .unwrap_or_else(|| panic!("incomplete response: {:?}", String::from_utf8_lossy(&raw)))
 }
 
-fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+/// `raw` as a response once its body has arrived, or (`closed`: the server closed) whatever
+/// of it did, as for an answer to HEAD.
+fn parse_response(raw: &[u8], closed: bool) -> Option<HttpResponse> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n")?;
     let mut lines = head.lines();
@@ -219,8 +221,14 @@ fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
             headers,
             body: body[..length].to_owned(),
         }),
+        Some(_) if closed => Some(HttpResponse {
+            status,
+            headers,
+            body: body.to_owned(),
+        }),
         Some(_) => None,
-        None if status == 101 => Some(HttpResponse {
+        // No body, and hyper sends no length for them.
+        None if status == 101 || status == 204 => Some(HttpResponse {
             status,
             headers,
             body: String::new(),
