@@ -183,3 +183,31 @@ async fn a_flood_of_bad_frames_from_many_peers_leaves_honest_traffic_intact() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_key_over_64_characters_is_refused_with_a_clear_text() {
+    let server = TestServer::start(peerjsd::Config::default()).await;
+    let (alice, mut bob) = honest_pair(&server).await;
+    let url = server.ws_url(&format!("key={}&id=x&token=t", "k".repeat(65)));
+    let mut long = PeerClient::connect_url(&url, "x").await;
+    assert_eq!(
+        long.recv().await,
+        json!({"type": "ERROR", "payload": {"msg": "Invalid key: at most 64 characters"}})
+    );
+    long.closed().await;
+    // 64 characters is a key like any other: a wrong one is just wrong.
+    let url = server.ws_url(&format!("key={}&id=y&token=t", "k".repeat(64)));
+    let mut wrong = PeerClient::connect_url(&url, "y").await;
+    assert_eq!(
+        wrong.recv().await,
+        json!({"type": "ERROR", "payload": {"msg": "Invalid key provided"}})
+    );
+    assert_eq!(
+        server
+            .shared
+            .metrics
+            .rejected(peerjsd::metrics::Rejection::InvalidName),
+        1
+    );
+    still_served(&alice, &mut bob, "after-long-key").await;
+}

@@ -257,3 +257,96 @@ async fn peerjsd_answers_the_script_exactly_as_peerjs_server_1_0_2() {
         "{reference_logs:#?}"
     );
 }
+
+/// Requests around the REST API and what Express + `cors` answer to them. `true`: the body
+/// is random (a fresh id) and only its length is compared.
+const HTTP_REQUESTS: &[(&str, bool)] = &[
+    (
+        "OPTIONS /peerjs/id HTTP/1.1\r\nOrigin: http://a.example\r\nAccess-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: x-custom\r\n",
+        false,
+    ),
+    ("OPTIONS /peerjs/peers HTTP/1.1\r\n", false),
+    (
+        "OPTIONS /nowhere HTTP/1.1\r\nOrigin: http://b.example\r\n",
+        false,
+    ),
+    (
+        "POST /peerjs/id HTTP/1.1\r\nOrigin: http://a.example\r\nContent-Length: 0\r\n",
+        false,
+    ),
+    ("PUT /peerjs/peers HTTP/1.1\r\nContent-Length: 0\r\n", false),
+    ("DELETE / HTTP/1.1\r\n", false),
+    (
+        "GET /nowhere HTTP/1.1\r\nOrigin: http://a.example\r\n",
+        false,
+    ),
+    ("GET /peerjs HTTP/1.1\r\n", false),
+    ("GET /a%20b/%zz/x'y&z HTTP/1.1\r\n", false),
+    ("GET / HTTP/1.1\r\nOrigin: http://a.example\r\n", false),
+    ("GET /peerjs/peers HTTP/1.1\r\n", false),
+    (
+        "GET /peerjs/id HTTP/1.1\r\nOrigin: http://a.example\r\n",
+        true,
+    ),
+    ("HEAD /peerjs/id HTTP/1.1\r\n", false),
+];
+
+/// The headers compared: what a browser acts on. (Express adds `X-Powered-By` and an ETag;
+/// hyper sends no `Content-Length` with a 204; neither matters to a client.)
+const COMPARED_HEADERS: &[&str] = &[
+    "content-type",
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-allow-credentials",
+    "vary",
+    "allow",
+    "content-security-policy",
+    "x-content-type-options",
+];
+
+async fn http_answers(addr: SocketAddr) -> Vec<Value> {
+    let mut answers = Vec::new();
+    for (request, random_body) in HTTP_REQUESTS {
+        let response = http_raw(
+            addr,
+            &format!("{request}Host: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        let headers: serde_json::Map<String, Value> = COMPARED_HEADERS
+            .iter()
+            .filter_map(|name| Some((name.to_string(), json!(response.header(name)?))))
+            .collect();
+        let body = if *random_body {
+            json!(response.body.len())
+        } else {
+            json!(response.body)
+        };
+        answers.push(json!({
+            "request": request.lines().next(),
+            "status": response.status,
+            "headers": headers,
+            "body": body,
+        }));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_answers_match_express_and_cors_as_peerjs_server_1_0_2_serves_them() {
+    let reference = Reference::start();
+    let theirs = http_answers(reference.addr).await;
+    drop(reference);
+    let server = TestServer::start(peerjsd::Config::default()).await;
+    let ours = http_answers(server.addr).await;
+    for (ours, theirs) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            ours, theirs,
+            "peerjsd (left) and the reference (right) differ"
+        );
+    }
+    assert_eq!(ours.len(), HTTP_REQUESTS.len());
+    // Sanity: the answers are the ones this test is about.
+    assert_eq!(theirs[0]["status"], 204);
+    assert_eq!(theirs[3]["status"], 404);
+}

@@ -135,6 +135,56 @@ async fn plain_http_to_a_tls_port_is_dropped_without_harm() {
     tls_connect(&server, &certs.der).await;
 }
 
+#[tokio::test]
+async fn a_tls_handshake_in_progress_holds_a_handshake_place() {
+    let certs = certs("half-open");
+    let server = TestServer::with(|c| {
+        c.tls = Some(certs.paths.clone());
+        c.max_handshakes_per_ip = Some(2);
+        c.handshake_timeout = std::time::Duration::from_secs(120);
+    })
+    .await;
+    let attacker: std::net::IpAddr = [127, 0, 0, 6].into();
+    let connect = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((attacker, 0).into()).unwrap();
+        socket.connect(server.addr).await.unwrap()
+    };
+    // Two connections that never send a ClientHello.
+    let _held = (connect().await, connect().await);
+    server
+        .until("two in their TLS handshake", |s| {
+            s.gate.handshakes_from(attacker) == 2
+        })
+        .await;
+    // The third is closed at once, without a plaintext answer a TLS client could not read.
+    let mut third = connect().await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, third.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(
+        server
+            .shared
+            .metrics
+            .rejected(peerjsd::metrics::Rejection::HandshakesPerIp),
+        1
+    );
+    // Another address completes its handshake, and then holds no handshake place.
+    let mut tls = tls_connect(&server, &certs.der).await;
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(server.shared.gate.handshakes(), 2);
+}
+
 #[test]
 fn bad_tls_files_fail_at_start_with_one_clear_line() {
     let certs = certs("bad");
