@@ -288,6 +288,16 @@ where
             return;
         }
     }
+    if reason == CloseReason::SlowReader {
+        // Its socket takes nothing: the close frame would only wait behind what it never
+        // read. Offer it once and let the socket go.
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(text),
+        };
+        let _ = ws.close(Some(frame)).now_or_never();
+        return;
+    }
     close_with(ws, code, text).await;
 }
 
@@ -378,6 +388,8 @@ where
     async fn run(&mut self) -> (CloseReason, Duration) {
         let started = Instant::now();
         let reason = self.serve().await;
+        // What the room queued will not be written now: free it at once.
+        self.out = Writer::default();
         // Free the id first, then say goodbye on the wire.
         let leave = RoomCmd::Leave {
             id: Arc::clone(&self.id),
@@ -463,13 +475,17 @@ where
     /// a write waits for the socket, so pongs, heartbeats and the close of a peer on a slow
     /// link are seen however long its writes take.
     fn poll_event(&mut self, cx: &mut Context<'_>, timer: &mut Timer<'_>) -> Poll<Event> {
-        let written = self.ws.get_ref().written();
         let blocked = match self.poll_write(cx) {
             Ok(blocked) => blocked,
             Err(why) => return Poll::Ready(Event::Close(why)),
         };
-        if self.ws.get_ref().written() != written && self.out.stalled_since.take().is_some() {
-            // A socket that was full took bytes again: the peer is reading.
+        // Only the low bits are kept (the difference is what matters, and it stays small).
+        let written = self.ws.get_ref().written() as u32;
+        if self.out.stalled_since.is_some()
+            && written.wrapping_sub(self.out.stall_mark) >= MIN_PROGRESS
+        {
+            // A socket that was full took a fragment's worth again: the peer is reading.
+            self.out.stalled_since = None;
             self.answer_probes();
         }
         if blocked {
@@ -484,6 +500,7 @@ where
             if self.out.stalled_since.is_none() {
                 let now = Instant::now();
                 self.out.stalled_since = Some(now);
+                self.out.stall_mark = written;
                 timer.bring_forward(now + self.shared.config.write_timeout);
             }
         } else {
@@ -731,13 +748,20 @@ struct Writer {
     sent: usize,
     /// The charge of the batch taken from the outbox, given back once it is flushed.
     charged: usize,
-    /// Since when the socket has refused bytes without taking any (for `--write-timeout`).
+    /// Since when the socket has refused bytes without taking [`MIN_PROGRESS`] of them (for
+    /// `--write-timeout`), and how much had been written then.
     stalled_since: Option<Instant>,
+    stall_mark: u32,
     /// A ping is owed for probes taken from the outbox.
     ping: bool,
     /// Pieces were handed to the WebSocket and not flushed yet.
     unflushed: bool,
 }
+
+/// What a stalled socket must take to count as read from again: a peer that trickles a byte
+/// now and then to keep a megabyte backlog alive is still a slow reader, while a slow link
+/// (even 2 KB/s) passes this well within `--write-timeout`.
+const MIN_PROGRESS: u32 = 16 * 1024;
 
 /// Frames larger than this go out as fragments of at most this many bytes: the WebSocket's
 /// write buffer (which never shrinks) stays small, a slow reader costs no copying of a large
