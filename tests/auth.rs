@@ -828,6 +828,14 @@ fn peerjsd_token_prints_a_token_from_the_configured_secret() {
 #[tokio::test]
 async fn tokens_are_never_logged() {
     use std::io::{BufRead, BufReader};
+    /// Kills the server if the test fails before it is stopped.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut child = Command::new(BIN)
         .args([
             "--port",
@@ -839,10 +847,11 @@ async fn tokens_are_never_logged() {
         ])
         .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Guard(child);
     let first: Value = loop {
         let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
         if line["message"] == "listening" {
@@ -863,10 +872,10 @@ async fn tokens_are_never_logged() {
     let mut forged = PeerClient::connect_url(&url("alice", &bad), "alice").await;
     forged.expect("ERROR").await;
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
     let logged: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
         logged
