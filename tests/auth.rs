@@ -485,23 +485,25 @@ async fn a_token_for_another_id_never_takes_an_id_over() {
             }
         };
         let mut live = PeerClient::open_with_token(&server, "alice", &token("alice")).await;
-        // Live holder: another id's token, or no signed token at all.
-        refused(
-            &server,
-            "alice",
-            &token("mallory"),
-            "Invalid token: wrong id",
-            Rejection::TokenWrongId,
-        )
-        .await;
-        refused(
-            &server,
-            "alice",
-            &random_token(),
-            "Invalid token: malformed",
-            Rejection::TokenMalformed,
-        )
-        .await;
+        // Another id's token, or no signed token at all.
+        let intruders = |id: &'static str| {
+            let server = &server;
+            let other = token("mallory");
+            async move {
+                let wrong = "Invalid token: wrong id";
+                refused(server, id, &other, wrong, Rejection::TokenWrongId).await;
+                let malformed = "Invalid token: malformed";
+                refused(
+                    server,
+                    id,
+                    &random_token(),
+                    malformed,
+                    Rejection::TokenMalformed,
+                )
+                .await;
+            }
+        };
+        intruders("alice").await;
         let sender = PeerClient::open_with_token(&server, "bob", &token("bob")).await;
         sender.send(offer("alice", "still"));
         assert_eq!(live.recv().await, relayed(&offer("alice", "still"), "bob"));
@@ -509,22 +511,7 @@ async fn a_token_for_another_id_never_takes_an_id_over() {
         // Stalled holder: it would fail the probe, but the intruder never gets that far.
         let stalled = PeerClient::open_with_token(&server, "carol", &token("carol")).await;
         stalled.freeze();
-        refused(
-            &server,
-            "carol",
-            &token("mallory"),
-            "Invalid token: wrong id",
-            Rejection::TokenWrongId,
-        )
-        .await;
-        refused(
-            &server,
-            "carol",
-            &random_token(),
-            "Invalid token: malformed",
-            Rejection::TokenMalformed,
-        )
-        .await;
+        intruders("carol").await;
         assert_eq!(server.shared.metrics.closed(CloseReason::ProbeFailed), 0);
         assert_eq!(server.shared.peer_count(), 3, "rooms: {rooms}");
         // A valid token for the id does take the stalled holder's place (the probe fails),
