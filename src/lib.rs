@@ -12,6 +12,8 @@
 //! - [`room`]: the room actors (one task owns each room's members and offline queue; it
 //!   publishes the members' queues so that sessions deliver to connected peers directly) and
 //!   the registry that finds them. Global mode is a single room.
+//! - [`auth`]: signed join tokens (`--auth-secret`): verify a token, say what it grants.
+//! - [`issued_id`]: ids minted with a MAC (`--issued-ids-only`), and the check that an id was.
 //! - [`metrics`]: counters and gauges, JSON and Prometheus text.
 //! - [`logging`]: JSON log lines (our own fast formatter) or text, filtered by `RUST_LOG`.
 //! - [`tls`]: `--sslkey/--sslcert` loaded into a rustls acceptor.
@@ -30,8 +32,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod http;
+pub mod issued_id;
 pub mod json;
 pub mod logging;
 pub mod metrics;

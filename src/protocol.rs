@@ -39,9 +39,12 @@ pub mod texts {
     pub const TOKEN_TOO_LONG: &str = "Invalid token: at most 64 characters";
     /// The key is longer than the limit.
     pub const KEY_TOO_LONG: &str = "Invalid key: at most 64 characters";
+    /// `--issued-ids-only`: the id was not minted by `GET {path}{key}/id`.
+    pub const ID_NOT_ISSUED: &str = "Invalid id: not issued by this server";
 }
 
-/// Longest id, token or key the server accepts (SPEC §4).
+/// Longest id, token or key the server accepts (SPEC §4); with `--auth-secret` a token may
+/// be longer ([`crate::auth::MAX_TOKEN_LEN`]).
 pub const MAX_NAME_LEN: usize = 64;
 
 /// The message types the server dispatches on. Anything else is ignored (reference §2).

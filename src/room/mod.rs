@@ -81,8 +81,13 @@ pub fn link(limits: outbox::Limits) -> (PeerLink, SessionLink) {
 pub struct JoinRequest {
     /// The id it wants.
     pub id: Arc<str>,
-    /// Its token (the reconnect secret in global mode, the room name in room mode).
+    /// Its reconnect secret: the token in global mode; with `--auth-secret` the signed
+    /// token's signature (in both modes: then every token is the peer's own); without it in
+    /// room mode the room name, which proves nothing (every member knows it).
     pub token: Box<str>,
+    /// A signed token past its `exp`: good only to reconnect to the id registered with the
+    /// same token; anyone else is refused ([`Refusal::TokenExpired`]).
+    pub expired: bool,
     /// Where the room reaches it once admitted.
     pub link: PeerLink,
 }
@@ -96,6 +101,8 @@ pub enum Refusal {
     RoomFull,
     /// The server has `--concurrent-limit` peers.
     ServerFull,
+    /// The signed token has expired and this is not a same-token reconnect.
+    TokenExpired,
 }
 
 /// The room's answer to a join.

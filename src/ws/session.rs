@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use super::read_ahead::ReadAhead;
+use crate::auth::TokenError;
 use crate::config::RoomMode;
 use crate::logging::LogIp;
 use crate::metrics::{CloseReason, DropReason, Rejection};
@@ -120,8 +121,9 @@ struct Admitted {
     conn: room::ConnId,
 }
 
-/// Validates the query, then registers with the room (reference §1.3 order). On refusal the
-/// client gets ERROR or ID-TAKEN and a close, and `None` is returned.
+/// Validates the query (reference §1.3 order, then `--issued-ids-only` and the signed
+/// token), then registers with the room. On refusal the client gets ERROR or ID-TAKEN and a
+/// close, and `None` is returned.
 async fn admit<S>(
     ws: &mut WebSocketStream<S>,
     params: ConnectParams,
@@ -138,8 +140,15 @@ where
         Some((Rejection::InvalidKey, texts::INVALID_KEY))
     } else if !protocol::is_valid_id(&params.id) {
         Some((Rejection::InvalidName, texts::INVALID_ID))
-    } else if params.token.len() > protocol::MAX_NAME_LEN {
+    } else if shared.auth.is_none() && params.token.len() > protocol::MAX_NAME_LEN {
+        // Signed tokens are longer; their own check below caps them.
         Some((Rejection::InvalidName, texts::TOKEN_TOO_LONG))
+    } else if shared
+        .ids
+        .as_ref()
+        .is_some_and(|ids| !ids.is_issued(&params.id))
+    {
+        Some((Rejection::IdNotIssued, texts::ID_NOT_ISSUED))
     } else {
         None
     };
@@ -148,9 +157,28 @@ where
         return None;
     }
 
-    let room_key = match config.rooms {
-        RoomMode::Global => "",
-        RoomMode::Token => params.token.as_str(),
+    let room_mode = config.rooms == RoomMode::Token;
+    // With signed tokens the token must be valid for this id, and names the room.
+    let grant = match &shared.auth {
+        None => None,
+        Some(auth) => match auth.check(&params.token, &params.id, room_mode, auth.now()) {
+            Ok(grant) => Some(grant),
+            Err(why) => {
+                let frame = protocol::error_frame(why.message());
+                refuse(ws, shared, ip, &params.id, why.into(), frame).await;
+                return None;
+            }
+        },
+    };
+    // The room, and the token as the reconnect secret the room compares (room/mod.rs).
+    let (room_key, secret, expired) = match &grant {
+        Some(grant) => (
+            grant.room.as_deref().unwrap_or(""),
+            &*grant.signature,
+            grant.expired,
+        ),
+        None if room_mode => (params.token.as_str(), params.token.as_str(), false),
+        None => ("", params.token.as_str(), false),
     };
     let id: Arc<str> = Arc::from(params.id.as_str());
     for _ in 0..JOIN_ATTEMPTS {
@@ -162,7 +190,8 @@ where
         let conn = peer_link.conn;
         let request = JoinRequest {
             id: Arc::clone(&id),
-            token: Box::from(params.token.as_str()),
+            token: Box::from(secret),
+            expired,
             link: peer_link,
         };
         let mut reply = room.join(request).await;
@@ -193,7 +222,7 @@ where
             Some(JoinReply::Admitted) => {
                 shared.metrics.connections_accepted.inc();
                 // `room` is left out of the line in global mode (a `None` field is not recorded).
-                let room_field = (config.rooms == RoomMode::Token).then_some(room_key);
+                let room_field = room_mode.then_some(room_key);
                 tracing::info!(peer = &*id, room = room_field, ip = %LogIp(ip), "peer open");
                 return Some(Admitted {
                     id,
@@ -211,6 +240,10 @@ where
                     Refusal::ServerFull => (
                         Rejection::ServerFull,
                         protocol::error_frame(texts::CONCURRENT_LIMIT),
+                    ),
+                    Refusal::TokenExpired => (
+                        Rejection::TokenExpired,
+                        protocol::error_frame(TokenError::Expired.message()),
                     ),
                 };
                 refuse(ws, shared, ip, &params.id, why, frame).await;
