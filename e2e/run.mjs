@@ -907,7 +907,7 @@ async function checkDownId(down) {
   await ev(p, () => window.E2E.waitEvent("disconnected", 5000));
 }
 
-// ------------------------------------------------ who may join (SPEC §8)
+// ------------------------------------------------ who may join (README: Who may join)
 
 // The app's backend signs join tokens with this secret (a fresh one per run); peerjsd gets it
 // from PEERJSD_AUTH_SECRET. Tokens are minted with npm jsonwebtoken exactly as the README's

@@ -1,4 +1,4 @@
-//! Signed join tokens (SPEC §8): who may take an id, and in room mode which room.
+//! Signed join tokens (README: Who may join): who may take an id, and in room mode which room.
 //!
 //! With `--auth-secret` the PeerJS `token` a client connects with is a JWT that the app's
 //! backend signed with HMAC-SHA256. This module verifies one and says what it grants; it

@@ -1,4 +1,4 @@
-//! Server-issued ids (`--issued-ids-only`, SPEC §8): ids that carry proof that this server,
+//! Server-issued ids (`--issued-ids-only`, README: Who may join): ids that carry proof that this server,
 //! or a node sharing its secret, minted them.
 //!
 //! An issued id is `<nonce>-<tag>`: 24 hex digits of random nonce (96 bits), a `-`, and 32 hex

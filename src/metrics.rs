@@ -202,7 +202,7 @@ struct RateSample {
     error_rate: f64,
 }
 
-/// The JSON figures of `/metrics` (SPEC §1).
+/// The JSON figures of `/metrics` (README: What it serves).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {

@@ -1,7 +1,7 @@
 //! The PeerJS wire protocol: what clients send, what the server sends back.
 //!
 //! A leaf module with no I/O. Shapes and texts are exactly peerjs-server 1.0.2's
-//! (`reference/peerjs-protocol.md` §1–§3):
+//! (docs/PROTOCOL.md §1–§4):
 //!
 //! * Inbound frames are JSON objects; only `type`, `dst` and `payload` matter. `src` is
 //!   ignored (the server stamps its own), other fields are dropped, and the payload is kept
@@ -43,11 +43,11 @@ pub mod texts {
     pub const ID_NOT_ISSUED: &str = "Invalid id: not issued by this server";
 }
 
-/// Longest id, token or key the server accepts (SPEC §4); with `--auth-secret` a token may
+/// Longest id, token or key the server accepts (README: Configuration); with `--auth-secret` a token may
 /// be longer ([`crate::auth::MAX_TOKEN_LEN`]).
 pub const MAX_NAME_LEN: usize = 64;
 
-/// The message types the server dispatches on. Anything else is ignored (reference §2).
+/// The message types the server dispatches on. Anything else is ignored (docs/PROTOCOL.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageType {
     /// Keep-alive from the client; never forwarded.
@@ -100,7 +100,7 @@ impl MessageType {
         }
     }
 
-    /// Whether a message of this type to an offline peer waits in the queue (reference §3).
+    /// Whether a message of this type to an offline peer waits in the queue (docs/PROTOCOL.md §4).
     pub fn is_queued_when_offline(self) -> bool {
         matches!(self, Self::Offer | Self::Answer | Self::Candidate)
     }
@@ -250,7 +250,7 @@ pub fn relay_frame_locating_dst(
     (out, dst_at)
 }
 
-/// `{"type":"EXPIRE","src":<unreachable>,"dst":<sender>}` (reference §3).
+/// `{"type":"EXPIRE","src":<unreachable>,"dst":<sender>}` (docs/PROTOCOL.md §4).
 pub fn expire_frame(unreachable: &str, sender: &str) -> String {
     relay_frame(MessageType::Expire, unreachable, sender, None)
 }

@@ -1,4 +1,4 @@
-//! Who may join (SPEC §8): signed join tokens, take-overs that need the right token,
+//! Who may join (README: Who may join): signed join tokens, take-overs that need the right token,
 //! server-issued ids, `/peers` under auth, and `peerjsd token`.
 //!
 //! Tokens here are signed by the test itself with HMAC-SHA256 over base64url JSON (not with

@@ -1,4 +1,4 @@
-//! Abuse limits (SPEC §4): rate limit, connection limits, Origin allow-list, and bounded memory
+//! Abuse limits (README: Configuration): rate limit, connection limits, Origin allow-list, and bounded memory
 //! under a flood — each counted by reason in the metrics.
 
 mod common;

@@ -1,4 +1,4 @@
-//! peerjs-server's REST API (reference §6): info, a fresh id, and the peer list; with
+//! peerjs-server's REST API (docs/PROTOCOL.md §6): info, a fresh id, and the peer list; with
 //! `--issued-ids-only` the fresh id carries a MAC, with `--auth-secret` the list needs a token.
 
 use std::sync::Arc;

@@ -267,7 +267,7 @@ impl RoomActor {
 
     /// Whether a member's token is its own secret, so that the same token again is the same
     /// client reconnecting: in global mode, and with signed tokens in both modes. In room
-    /// mode without them every member knows the token, so it proves nothing (SPEC §3).
+    /// mode without them every member knows the token, so it proves nothing (README: Game rooms).
     fn token_is_secret(&self) -> bool {
         !self.room_mode() || self.rooms.config.auth.is_some()
     }
@@ -564,7 +564,7 @@ impl RoomActor {
         }
     }
 
-    /// Drops every queue whose deadline has passed and tells each sender once (reference §3).
+    /// Drops every queue whose deadline has passed and tells each sender once (docs/PROTOCOL.md §4).
     fn expire_due(&mut self, now: Instant) {
         while let Some((deadline, _, _)) = self.deadlines.front() {
             if *deadline > now {

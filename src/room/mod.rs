@@ -7,8 +7,9 @@
 //!
 //! Messages between connected members take a shorter path: the actor publishes each
 //! member's queue in the room's [`Routes`], and a session delivers straight to it, unless a
-//! message of its own is still on its way through the actor (then it follows it there, to
-//! keep order). The actor still decides everything else: who is a member, what is queued for
+//! message of its own is still on its way through the actor (then it follows it there: the
+//! per-sender order rule, stated in docs/ARCHITECTURE.md, "Per-sender order"). The actor still
+//! decides everything else: who is a member, what is queued for
 //! whom, and who is closed as a slow reader (a direct push that fails goes through the actor).
 //!
 //! In global mode the whole server is one room (key `""`); in token mode the token names
@@ -35,7 +36,7 @@ use crate::protocol::MessageType;
 pub const ROOM_MAILBOX: usize = 1024;
 
 /// Identifies one socket's registration, so a stale socket's departure cannot remove a
-/// newer registration of the same id (reference bug §11.2).
+/// newer registration of the same id (a reference bug: docs/PROTOCOL.md §5).
 pub type ConnId = u64;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);

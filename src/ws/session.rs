@@ -9,7 +9,7 @@
 //!
 //! Inbound frames are checked here, at the edge, before the room sees them: rate limit,
 //! shape, and `src` stamping. A message for a connected member of the room goes straight to
-//! that member's outbound queue (see [`crate::room`] for how order is kept); the rest (offline
+//! that member's outbound queue (docs/ARCHITECTURE.md, "Per-sender order"); the rest (offline
 //! destinations, a full queue, a message behind one of ours still in the room) go to the room
 //! actor.
 
@@ -121,7 +121,7 @@ struct Admitted {
     conn: room::ConnId,
 }
 
-/// Validates the query (reference §1.3 order, then `--issued-ids-only` and the signed
+/// Validates the query (docs/PROTOCOL.md §1.3 order, then `--issued-ids-only` and the signed
 /// token), then registers with the room. On refusal the client gets ERROR or ID-TAKEN and a
 /// close, and `None` is returned.
 async fn admit<S>(
@@ -715,7 +715,7 @@ where
             protocol::relay_frame_locating_dst(kind, &self.id, &dst, frame.payload);
         let mut frame = Utf8Bytes::from(text);
         // Straight to a connected member, unless one of ours is still on its way through
-        // the room (it must not be overtaken).
+        // the room: the per-sender order rule (docs/ARCHITECTURE.md, "Per-sender order").
         if !self.link.rx.has_in_flight() {
             match self.room.try_deliver(&dst, frame) {
                 Ok(()) => {
