@@ -170,37 +170,8 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
 /// Appends `s` as a JSON string literal, escaped as `JSON.stringify` does.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
-    // Ids almost never need escaping: check first, then copy in one go.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(s);
-        out.push('"');
-        return;
-    }
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
+    // Writing into a String cannot fail.
+    let _ = json::write_escaped(out, s);
     out.push('"');
 }
 

@@ -458,7 +458,7 @@ where
                     let mut frame = frame;
                     let mut handled: u8 = 1;
                     loop {
-                        let forwarded = match self.read(frame) {
+                        let forwarded = match self.handle_frame(frame) {
                             Ok(None) => Ok(()),
                             Ok(Some(cmd)) => forward(&self.room, cmd).await,
                             Err(why) => Err(why),
@@ -604,7 +604,7 @@ where
     /// Handles one inbound frame (or the end of the stream), read at `last_seen`; returns
     /// what to send the room. Synchronous on purpose: the hot path never holds a send future
     /// in the task's state.
-    fn read(
+    fn handle_frame(
         &mut self,
         frame: Option<Result<Message, WsError>>,
     ) -> Result<Option<RoomCmd>, CloseReason> {
