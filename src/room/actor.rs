@@ -380,25 +380,27 @@ impl RoomActor {
     /// it never makes the newcomer a slow reader: what does not fit in its outbound queue is
     /// dropped, and its senders get EXPIRE as if it had expired.
     fn flush_queue(&mut self, id: &Arc<str>, queue: Queue) {
-        let metrics = Arc::clone(&self.rooms.metrics);
+        for queued in &queue.messages {
+            self.unshare(queued);
+        }
+        let Some(member) = self.members.get(id) else {
+            return;
+        };
+        let metrics = &self.rooms.metrics;
         let mut unsent: Vec<Arc<str>> = Vec::new();
         for queued in queue.messages {
-            self.unshare(&queued);
-            let Some(member) = self.members.get(id) else {
-                break;
+            let pushed = if unsent.is_empty() {
+                member.link.tx.try_send(queued.frame)
+            } else {
+                Err((SendError::Full, queued.frame))
             };
-            if !unsent.is_empty() {
-                metrics.drop_messages(DropReason::QueueOverflow, 1);
-                if !unsent.contains(&queued.src) {
-                    unsent.push(queued.src);
-                }
-                continue;
-            }
-            match member.link.tx.try_send(queued.frame) {
+            match pushed {
                 Ok(()) => metrics.relay(queued.kind),
                 Err((SendError::Full, _)) => {
                     metrics.drop_messages(DropReason::QueueOverflow, 1);
-                    unsent.push(queued.src);
+                    if !unsent.contains(&queued.src) {
+                        unsent.push(queued.src);
+                    }
                 }
                 Err((SendError::Closed, _)) => {
                     metrics.drop_messages(DropReason::Undeliverable, 1);
