@@ -24,6 +24,7 @@ import { fileURLToPath } from "node:url";
 import { isDeepStrictEqual } from "node:util";
 import { randomBytes } from "node:crypto";
 import { chromium } from "playwright-core";
+import jwt from "jsonwebtoken";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SERVER_KIND = process.env.E2E_SERVER || "peerjsd";
@@ -168,7 +169,7 @@ for (const sig of ["SIGINT", "SIGTERM"]) {
   });
 }
 
-// opts: {key, rooms, maxRoomPeers}
+// opts: {key, rooms, maxRoomPeers, args (extra peerjsd flags), env (extra environment)}
 async function startSignalingServer(opts = {}) {
   const port = await freePort();
   const key = opts.key || "peerjs";
@@ -186,9 +187,10 @@ async function startSignalingServer(opts = {}) {
       "--alive-timeout", "60000", "--expire-timeout", "5000"];
     if (opts.rooms) args.push("--rooms", opts.rooms);
     if (opts.maxRoomPeers) args.push("--max-room-peers", String(opts.maxRoomPeers));
+    if (opts.args) args.push(...opts.args);
     readyUrl = `http://127.0.0.1:${port}/health`;
   }
-  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" } });
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info", ...opts.env } });
   children.add(child);
   child.on("exit", () => children.delete(child));
   const output = [];
@@ -905,6 +907,181 @@ async function checkDownId(down) {
   await ev(p, () => window.E2E.waitEvent("disconnected", 5000));
 }
 
+// ------------------------------------------------ who may join (README: Who may join)
+
+// The app's backend signs join tokens with this secret (a fresh one per run); peerjsd gets it
+// from PEERJSD_AUTH_SECRET. Tokens are minted with npm jsonwebtoken exactly as the README's
+// backend snippet does.
+const AUTH_SECRET = randomBytes(32).toString("base64");
+const AUTH_SERVER = { env: { PEERJSD_AUTH_SECRET: AUTH_SECRET } };
+
+function mintToken(claims, expiresIn = "10m") {
+  return jwt.sign(claims, AUTH_SECRET, { algorithm: "HS256", ...(expiresIn ? { expiresIn } : {}) });
+}
+
+// The same token with its claims changed after signing (the signature no longer matches).
+function tamperToken(token, changes) {
+  const [header, payload, signature] = token.split(".");
+  const claims = { ...JSON.parse(Buffer.from(payload, "base64url").toString()), ...changes };
+  return `${header}.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.${signature}`;
+}
+
+const AUTH_NAMES = {
+  room: "auth: four peers join room1 with tokens signed by the backend (npm jsonwebtoken); the room comes from the token and they connect",
+  otherRoom: "auth: a fifth peer with a token for room2 is kept out of room1 (peer-unavailable), a room1 token edited from room2 gets \"Invalid token: bad signature\", a valid room1 token gets \"Room is full\"",
+  expired: "auth: an expired token gets server-error \"Invalid token: expired\"",
+  hijack: "auth: a stalled holder's id is not taken without a valid token for it (wrong id, no token, forged); a valid token takes it over",
+  issued: "auth: --issued-ids-only: new Peer() opens with the id the server minted; a chosen id gets server-error \"Invalid id: not issued by this server\"",
+};
+
+// Room scenario with signed tokens: one setup, two reported checks.
+async function authRoomScenario(server, report) {
+  const ids = [1, 2, 3, 4].map((i) => `a${i}-${RUN}`);
+  const pages = [];
+  let roomError = null;
+  try {
+    for (let i = 0; i < ids.length; i++) pages.push(await newPeerPage(`auth${i + 1}`));
+    await Promise.all(pages.map((p, i) => openPeerOk(p, ids[i], peerOptions(server, { token: mintToken({ sub: ids[i], room: "room1" }) }))));
+    // The server put them in the room their token names.
+    for (const id of ids) {
+      const open = await server.waitLog((l) => l.message === "peer open" && l.peer === id, 3000, `server log "peer open" for ${id}`);
+      assertEq(open.room, "room1", `room of ${id} in the server's "peer open" line`);
+    }
+    for (let j = 1; j < ids.length; j++) {
+      await ev(pages[0], (id) => window.E2E.connect(id, 15000), ids[j]);
+      await ev(pages[j], (id) => window.E2E.waitIncoming(id, 15000), ids[0]);
+      await ev(pages[0], ([id, v]) => window.E2E.send(id, { kind: "string", value: v }), [ids[j], `hello ${ids[j]}`]);
+      assertEq(await ev(pages[j], (id) => window.E2E.receive(id, 1, 10000), ids[0]), [{ kind: "string", value: `hello ${ids[j]}` }], `message to ${ids[j]}`);
+    }
+  } catch (e) {
+    roomError = e;
+  }
+  report(AUTH_NAMES.room, roomError);
+
+  let outError = null;
+  try {
+    if (roomError) throw new CheckFailure(`needs the room of four, which failed: ${roomError.message}`);
+    const fifthId = `a5-${RUN}`;
+    const other = mintToken({ sub: fifthId, room: "room2" });
+    const fifth = await newPeerPage("auth5");
+    await openPeerOk(fifth, fifthId, peerOptions(server, { token: other }));
+    // Signaling to a room1 peer from room2 goes nowhere: the client reports peer-unavailable
+    // (EXPIRE after --expire-timeout, 5 s).
+    const mark = await ev(fifth, () => window.E2E.mark());
+    await ev(fifth, (id) => {
+      window.E2E.peer.connect(id);
+      return true;
+    }, ids[0]);
+    const err = await ev(fifth, (m) => window.E2E.waitEvent("error", 10000, m).then((e) => ({ type: e.type, message: e.message })), mark);
+    assertEq(err, { type: "peer-unavailable", message: `Could not connect to peer ${ids[0]}` }, "fifth peer connecting into room1");
+    const seen = await ev(pages[0], (id) => window.E2E.events.filter((e) => e.ev === "connection" && e.peer === id).length, fifthId);
+    assertEq(seen, 0, `connections ${ids[0]} saw from the fifth peer`);
+    // Editing the room in its token breaks the signature.
+    const forgedPage = await newPeerPage("auth5-forged");
+    const forged = tamperToken(other, { sub: `a6-${RUN}`, room: "room1" });
+    await expectFailure(forgedPage, `a6-${RUN}`, peerOptions(server, { token: forged }), { type: "server-error", message: "Invalid token: bad signature" }, "peer with a token edited to room1");
+    // A genuine room1 token: the room is full.
+    const sixth = await newPeerPage("auth6");
+    await expectFailure(sixth, `a6-${RUN}`, peerOptions(server, { token: mintToken({ sub: `a6-${RUN}`, room: "room1" }) }), { type: "server-error", message: "Room is full" }, "fifth room1 peer");
+  } catch (e) {
+    outError = e;
+  }
+  report(AUTH_NAMES.otherRoom, outError);
+}
+
+async function checkAuthExpired(server) {
+  const p = await newPeerPage("P");
+  const id = `expired-${RUN}`;
+  const token = mintToken({ sub: id, exp: Math.floor(Date.now() / 1000) - 3600 }, null);
+  await expectFailure(p, id, peerOptions(server, { token }), { type: "server-error", message: "Invalid token: expired" }, "peer with an expired token");
+  await ev(p, () => window.E2E.waitEvent("close", 5000));
+}
+
+// The holder's signaling socket goes silent (its Chromium's network service is stopped, as in
+// the silent-holder check). Newcomers without a valid token for its id are refused in-band
+// and never trigger the probe; one with a valid token takes the id over after the probe.
+async function checkAuthHijack(server) {
+  const id = `held-${RUN}`;
+  const launched = await launchBrowser("holder");
+  const frozen = trackExtraBrowser(launched.browser, launched.pid);
+  try {
+    assert(launched.pid, "could not find the holder browser's process");
+    const holder = await newPeerPage("holder", launched.browser);
+    await openPeerOk(holder, id, peerOptions(server, { token: mintToken({ sub: id }) }));
+    const before = await sessionsClosed(server, "probe_failed");
+    const ns = networkServicePid(launched.pid);
+    assert(ns, `no network service process under the holder's browser (pid ${launched.pid})`);
+    frozen.freeze(ns);
+    await waitStopped(ns, 2000);
+
+    const attempts = [
+      ["a token signed for another id", mintToken({ sub: `mallory-${RUN}` }), "Invalid token: wrong id"],
+      ["no token (PeerJS's random one)", undefined, "Invalid token: malformed"],
+      ["a token for the id signed with another secret", jwt.sign({ sub: id }, randomBytes(32).toString("base64"), { algorithm: "HS256", expiresIn: "10m" }), "Invalid token: bad signature"],
+      ["alg none", tamperToken(mintToken({ sub: id }), {}).replace(/^[^.]+/, Buffer.from('{"alg":"none","typ":"JWT"}').toString("base64url")), "Invalid token: unsupported algorithm"],
+    ];
+    for (const [what, token, message] of attempts) {
+      const p = await newPeerPage("intruder");
+      const opts = token === undefined ? peerOptions(server) : peerOptions(server, { token });
+      await expectFailure(p, id, opts, { type: "server-error", message }, `intruder with ${what}`);
+    }
+    assertEq(await sessionsClosed(server, "probe_failed") - before, 0, "sessions closed as probe_failed after the intruders");
+    const probed = server.output.some((l) => l.includes(TOOK_OVER) && l.includes(id));
+    assert(!probed, `the server took ${id} over for an intruder`);
+
+    // The owner's backend mints a fresh token (page reload): that one may take the id over.
+    const heir = await newPeerPage("heir");
+    const t0 = Date.now();
+    await openPeerOk(heir, id, peerOptions(server, { token: mintToken({ sub: id }) }));
+    log(`# ${AUTH_NAMES.hijack}: the holder of a valid token got the id after ${Date.now() - t0} ms`);
+    await server.waitLog((l) => l.message === TOOK_OVER && l.peer === id, 3000, `server log "${TOOK_OVER}"`);
+  } finally {
+    await frozen.release();
+  }
+}
+
+async function checkIssuedIds(server) {
+  const p = await newPeerPage("P");
+  // new Peer() takes its id from GET {path}{key}/id (check 2 watches that request).
+  const r = await openPeer(p, null, peerOptions(server));
+  assert(r.ok, `new Peer() did not open: ${r.type} ${JSON.stringify(r.message)}`);
+  assert(/^[0-9a-f]{24}-[0-9a-f]{32}$/.test(r.id), `id ${JSON.stringify(r.id)} is not an issued id`);
+  await server.waitLog((l) => l.message === "peer open" && l.peer === r.id, 3000, `server log "peer open" for ${r.id}`);
+  const chosen = await newPeerPage("chosen");
+  await expectFailure(chosen, `chosen-${RUN}`, peerOptions(server), { type: "server-error", message: "Invalid id: not issued by this server" }, "peer with a chosen id");
+  // The issued id signals as any other: a second new Peer() connects to it.
+  const q = await newPeerPage("Q");
+  const qr = await openPeer(q, null, peerOptions(server));
+  assert(qr.ok, `second new Peer() did not open: ${qr.type} ${JSON.stringify(qr.message)}`);
+  await ev(q, (id) => window.E2E.connect(id, 15000), r.id);
+  await ev(p, (id) => window.E2E.waitIncoming(id, 15000), qr.id);
+  await ev(q, (id) => window.E2E.send(id, { kind: "string", value: "to an issued id" }), r.id);
+  assertEq(await ev(p, (id) => window.E2E.receive(id, 1, 10000), qr.id), [{ kind: "string", value: "to an issued id" }], "message between issued ids");
+}
+
+const AUTH_GROUPS = [
+  {
+    server: { rooms: "token", maxRoomPeers: 4, ...AUTH_SERVER },
+    skipReference: "reference has no signed tokens",
+    scenario: authRoomScenario,
+    names: [AUTH_NAMES.room, AUTH_NAMES.otherRoom],
+    budgetMs: 90000,
+  },
+  {
+    server: AUTH_SERVER,
+    skipReference: "reference has no signed tokens",
+    checks: [
+      [AUTH_NAMES.expired, checkAuthExpired],
+      [AUTH_NAMES.hijack, checkAuthHijack],
+    ],
+  },
+  {
+    server: { args: ["--issued-ids-only"] },
+    skipReference: "reference has no issued ids",
+    checks: [[AUTH_NAMES.issued, checkIssuedIds]],
+  },
+];
+
 // Groups of checks sharing one server configuration (null = no server).
 const GROUPS = [
   {
@@ -936,6 +1113,7 @@ const GROUPS = [
       [NAMES.downId, checkDownId],
     ],
   },
+  ...AUTH_GROUPS,
 ];
 
 // ------------------------------------------------------------------- runner

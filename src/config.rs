@@ -11,7 +11,10 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::auth::{MIN_SECRET_LEN, Secret};
+use crate::protocol::{MAX_NAME_LEN, is_valid_id};
 
 /// How peers are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,8 +46,12 @@ pub enum LogFormat {
 )]
 struct Cli {
     /// TOML config file; its keys are the long flag names (see config/peerjsd.toml).
-    #[arg(long, env = "PEERJSD_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "PEERJSD_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+
+    /// `peerjsd token …`: print a join token instead of serving.
+    #[command(subcommand)]
+    command: Option<Command>,
 
     /// TCP port to listen on.
     #[arg(short = 'p', long, env = "PEERJSD_PORT", default_value = "9000")]
@@ -106,7 +113,13 @@ struct Cli {
     sslcert: Option<PathBuf>,
 
     /// "global": one namespace, as peerjs-server. "token": the PeerJS token names a room.
-    #[arg(long, env = "PEERJSD_ROOMS", value_enum, default_value = "global")]
+    #[arg(
+        long,
+        env = "PEERJSD_ROOMS",
+        value_enum,
+        default_value = "global",
+        global = true
+    )]
     rooms: RoomMode,
 
     /// Room mode: most peers per room; the next one gets ERROR "Room is full".
@@ -208,6 +221,81 @@ struct Cli {
     /// Also serve /metrics (and /health) on this separate address, e.g. 127.0.0.1:9100.
     #[arg(long, env = "PEERJSD_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Signed join tokens: the PeerJS token must be a JWT (HS256) signed with this secret
+    /// (at least 32 bytes), whose `sub` is the id.
+    #[arg(
+        long,
+        env = "PEERJSD_AUTH_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
+    auth_secret: Option<String>,
+
+    /// The secret used before --auth-secret, still accepted while a secret is rotated.
+    #[arg(
+        long,
+        env = "PEERJSD_AUTH_SECRET_PREVIOUS",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
+    auth_secret_previous: Option<String>,
+
+    /// Read --auth-secret from this file (first line), and --auth-secret-previous from its second line if any.
+    #[arg(
+        long,
+        env = "PEERJSD_AUTH_SECRET_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    auth_secret_file: Option<PathBuf>,
+
+    /// With --auth-secret: tokens must carry this `iss` claim.
+    #[arg(long, env = "PEERJSD_AUTH_ISSUER", value_name = "ISS", global = true)]
+    auth_issuer: Option<String>,
+
+    /// With --auth-secret: tokens must carry this `aud` claim.
+    #[arg(long, env = "PEERJSD_AUTH_AUDIENCE", value_name = "AUD", global = true)]
+    auth_audience: Option<String>,
+
+    /// Refuse ids that GET {path}{key}/id did not mint (a MAC inside the id); `new Peer()` without an id works unchanged.
+    #[arg(long, env = "PEERJSD_ISSUED_IDS_ONLY", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    issued_ids_only: bool,
+
+    /// Key of issued ids (at least 32 bytes; nodes that share ids share it) [default: the --auth-secret, else random per process].
+    #[arg(
+        long,
+        env = "PEERJSD_ID_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    id_secret: Option<String>,
+
+    /// Read --id-secret from this file (first line; a second line is a previous secret, still accepted).
+    #[arg(long, env = "PEERJSD_ID_SECRET_FILE", value_name = "FILE")]
+    id_secret_file: Option<PathBuf>,
+}
+
+/// What `peerjsd` can do besides serving.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a join token signed with the configured --auth-secret (same sources as the server: flags, PEERJSD_*, --config).
+    Token {
+        /// The peer id the token admits (its `sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// The room it admits to (its `room` claim; needed in room mode).
+        #[arg(long)]
+        room: Option<String>,
+        /// How long it is valid.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
 }
 
 /// The validated configuration the server runs with. Tests build it from [`Config::default`].
@@ -286,6 +374,37 @@ pub struct Config {
     pub metrics_public: bool,
     /// Separate listener for `/metrics` and `/health`.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Signed join tokens, when `--auth-secret` is set.
+    pub auth: Option<AuthConfig>,
+    /// Whether the WebSocket refuses ids `GET {path}{key}/id` did not mint.
+    pub issued_ids_only: bool,
+    /// `--id-secret` (and a previous one): the key of issued ids. Empty: the auth secrets,
+    /// or without those a random key per process.
+    pub id_secrets: Vec<Secret>,
+}
+
+/// `--auth-secret` and what goes with it.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The signing secret, then the previous one if any (both verify).
+    pub secrets: Vec<Secret>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+}
+
+/// `peerjsd token`: what to mint, and the configuration whose secret signs it.
+#[derive(Debug)]
+pub struct TokenRequest {
+    /// The configuration (its `auth` is set).
+    pub config: Config,
+    /// The id.
+    pub sub: String,
+    /// The room claim.
+    pub room: Option<String>,
+    /// Validity from now.
+    pub ttl: Duration,
 }
 
 /// PEM files for TLS.
@@ -318,6 +437,8 @@ pub enum Parsed {
     Run(Box<Config>),
     /// `--help` or `--version`: print this to stdout and exit 0.
     Print(String),
+    /// `peerjsd token …`: mint a token and print it.
+    Token(Box<TokenRequest>),
 }
 
 impl Config {
@@ -363,17 +484,128 @@ impl Config {
             Ok(m) => m,
             Err(e) => return clap_error(e),
         };
-        let cli = match Cli::from_arg_matches(&matches) {
+        let mut cli = match Cli::from_arg_matches(&matches) {
             Ok(cli) => cli,
             Err(e) => return clap_error(e),
         };
-        Config::try_from(cli).map(|c| Parsed::Run(Box::new(c)))
+        match cli.command.take() {
+            None => Config::try_from(cli).map(|c| Parsed::Run(Box::new(c))),
+            Some(Command::Token { sub, room, ttl }) => {
+                let config = Config::try_from(cli)?;
+                token_request(config, sub, room, ttl).map(|t| Parsed::Token(Box::new(t)))
+            }
+        }
     }
 
     /// The WebSocket path: `{path}peerjs`.
     pub fn ws_path(&self) -> String {
         format!("{}peerjs", self.path)
     }
+}
+
+/// Checks what `peerjsd token` was asked for against the configuration it signs with.
+fn token_request(
+    config: Config,
+    sub: String,
+    room: Option<String>,
+    ttl: Duration,
+) -> Result<TokenRequest, ConfigError> {
+    let bad = |flag: &str, value: &str, why: &str| {
+        Err(ConfigError(format!(
+            "invalid value '{value}' for '--{flag}': {why}"
+        )))
+    };
+    if config.auth.is_none() {
+        return Err(ConfigError(
+            "peerjsd token needs a secret: --auth-secret, --auth-secret-file, PEERJSD_AUTH_SECRET or auth-secret in the config file".into(),
+        ));
+    }
+    if !is_valid_id(&sub) {
+        return bad(
+            "sub",
+            &sub,
+            "not a PeerJS id (1-64 letters or digits, optionally separated by single '-', '_' or ' ')",
+        );
+    }
+    match room.as_deref() {
+        None if config.rooms == RoomMode::Token => {
+            return Err(ConfigError(
+                "room mode (--rooms token) needs --room: the token names the room".into(),
+            ));
+        }
+        Some(r) if r.is_empty() || r.len() > MAX_NAME_LEN => {
+            return bad("room", r, "must be 1-64 bytes");
+        }
+        _ => {}
+    }
+    if ttl.as_secs() == 0 {
+        return bad("ttl", &format!("{ttl:?}"), "must be at least 1s");
+    }
+    Ok(TokenRequest {
+        config,
+        sub,
+        room,
+        ttl,
+    })
+}
+
+/// One or two secrets from a flag pair or a file; each at least [`MIN_SECRET_LEN`] bytes.
+/// The values never appear in an error.
+fn secrets(
+    flag: &str,
+    value: Option<String>,
+    previous: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<Secret>, ConfigError> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    if let Some(v) = value {
+        found.push((format!("--{flag}"), v));
+    }
+    if let Some(v) = previous {
+        if found.is_empty() {
+            return Err(ConfigError(format!(
+                "--{flag}-previous needs --{flag} (the secret that signs)"
+            )));
+        }
+        found.push((format!("--{flag}-previous"), v));
+    }
+    if let Some(path) = file {
+        if !found.is_empty() {
+            return Err(ConfigError(format!(
+                "--{flag}-file and --{flag} are exclusive: give the secrets one way"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("cannot read --{flag}-file {}: {e}", path.display()))
+        })?;
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if lines.is_empty() || lines.len() > 2 {
+            return Err(ConfigError(format!(
+                "--{flag}-file {}: expected one secret per line, one or two lines",
+                path.display()
+            )));
+        }
+        for line in lines {
+            found.push((format!("--{flag}-file"), line.to_owned()));
+        }
+    }
+    found
+        .into_iter()
+        .map(|(source, secret)| {
+            if secret.len() < MIN_SECRET_LEN {
+                Err(ConfigError(format!(
+                    "invalid secret for '{source}': {} bytes, it must be at least {MIN_SECRET_LEN} (e.g. openssl rand -base64 32)",
+                    secret.len()
+                )))
+            } else {
+                Ok(Secret::new(secret.into_bytes()))
+            }
+        })
+        .collect()
 }
 
 fn clap_error(e: clap::Error) -> Result<Parsed, ConfigError> {
@@ -575,6 +807,42 @@ impl TryFrom<Cli> for Config {
             (Some(_), None) => return Err(ConfigError("--sslkey needs --sslcert".into())),
             (None, Some(_)) => return Err(ConfigError("--sslcert needs --sslkey".into())),
         };
+        let auth_secrets = secrets(
+            "auth-secret",
+            cli.auth_secret,
+            cli.auth_secret_previous,
+            cli.auth_secret_file.as_deref(),
+        )?;
+        for (flag, value) in [
+            ("auth-issuer", &cli.auth_issuer),
+            ("auth-audience", &cli.auth_audience),
+        ] {
+            match value {
+                Some(v) if v.is_empty() => return bad(flag, &"", "must not be empty"),
+                Some(_) if auth_secrets.is_empty() => {
+                    return Err(ConfigError(format!(
+                        "--{flag} needs --auth-secret (tokens are only checked with a secret)"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let auth = (!auth_secrets.is_empty()).then_some(AuthConfig {
+            secrets: auth_secrets,
+            issuer: cli.auth_issuer,
+            audience: cli.auth_audience,
+        });
+        let id_secrets = secrets(
+            "id-secret",
+            cli.id_secret,
+            None,
+            cli.id_secret_file.as_deref(),
+        )?;
+        if !id_secrets.is_empty() && !cli.issued_ids_only {
+            return Err(ConfigError(
+                "--id-secret needs --issued-ids-only (it keys the issued ids)".into(),
+            ));
+        }
         let room_mode = cli.rooms == RoomMode::Token;
         Ok(Config {
             port: cli.port,
@@ -618,6 +886,9 @@ impl TryFrom<Cli> for Config {
             log_format: cli.log_format,
             metrics_public: cli.metrics_public,
             metrics_addr: cli.metrics_addr,
+            auth,
+            issued_ids_only: cli.issued_ids_only,
+            id_secrets,
         })
     }
 }
@@ -630,6 +901,7 @@ mod tests {
         match Config::from_args(std::iter::once("peerjsd").chain(args.iter().copied())) {
             Ok(Parsed::Run(c)) => Ok(*c),
             Ok(Parsed::Print(_)) => Err("printed".into()),
+            Ok(Parsed::Token(_)) => Err("token".into()),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -738,6 +1010,64 @@ mod tests {
         assert!(e.contains("--ipv6-prefix") && !e.contains('\n'), "{e}");
         let e = run(&["--max-handshakes", "0"]).unwrap_err();
         assert!(e.contains("--max-handshakes"), "{e}");
+    }
+
+    #[test]
+    fn auth_secrets_come_from_flags_or_a_file_and_never_print() {
+        let new = "n".repeat(32);
+        let old = "o".repeat(40);
+        let c = run(&["--auth-secret", &new, "--auth-secret-previous", &old]).unwrap();
+        let auth = c.auth.as_ref().unwrap();
+        assert_eq!(
+            auth.secrets,
+            [Secret::new(new.as_bytes()), Secret::new(old.as_bytes())]
+        );
+        assert!(!format!("{c:?}").contains(&new), "{c:?}");
+        assert!(Config::default().auth.is_none());
+
+        let dir = std::env::temp_dir().join(format!("peerjsd-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, format!("{new}\n\n{old}\n")).unwrap();
+        let f = file.to_str().unwrap();
+        let c = run(&["--auth-secret-file", f, "--auth-issuer", "https://app"]).unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.secrets.len(), 2);
+        assert_eq!(auth.issuer.as_deref(), Some("https://app"));
+        std::fs::write(&file, "a\nb\nc\n").unwrap();
+        assert!(
+            run(&["--auth-secret-file", f])
+                .unwrap_err()
+                .contains("one or two lines")
+        );
+        std::fs::write(&file, "too short\n").unwrap();
+        let e = run(&["--auth-secret-file", f]).unwrap_err();
+        assert!(e.contains("at least 32") && !e.contains("too short"), "{e}");
+        let e = run(&["--auth-secret-file", f, "--auth-secret", &new]).unwrap_err();
+        assert!(e.contains("exclusive"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        for (args, needle) in [
+            (vec!["--auth-secret", "short"], "at least 32"),
+            (vec!["--auth-secret-previous", &old], "needs --auth-secret"),
+            (vec!["--auth-issuer", "x"], "needs --auth-secret"),
+            (vec!["--auth-audience", "x"], "needs --auth-secret"),
+            (vec!["--id-secret", &new], "needs --issued-ids-only"),
+            (
+                vec!["--issued-ids-only", "--id-secret", "short"],
+                "at least 32",
+            ),
+            (
+                vec!["--auth-secret-file", "/nonexistent/peerjsd"],
+                "cannot read",
+            ),
+        ] {
+            let e = run(&args).unwrap_err();
+            assert!(e.contains(needle) && !e.contains('\n'), "{args:?}: {e}");
+        }
+        let c = run(&["--issued-ids-only", "--id-secret", &new]).unwrap();
+        assert!(c.issued_ids_only);
+        assert_eq!(c.id_secrets, [Secret::new(new.as_bytes())]);
     }
 
     #[test]

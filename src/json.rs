@@ -7,10 +7,49 @@
 //! `type`, `dst` and the payload's span. It still validates the whole frame with the same
 //! strictness as `JSON.parse` (grammar, control characters, escapes, nesting to any depth
 //! without recursion), so every frame the server relays is valid JSON.
+//!
+//! It also holds the server's one JSON string escaper ([`write_escaped`]), used for the frames
+//! the server writes and for log lines.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use wide::u8x16;
+
+/// Writes `s` escaped for the inside of a JSON string literal, as `JSON.stringify` does
+/// (`\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`, other control characters as `\u00XX`). Text
+/// that needs no escaping (every valid id) is written in one piece.
+pub fn write_escaped<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    if !s.bytes().any(needs_escape) {
+        return out.write_str(s);
+    }
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
+        // Every escaped byte is ASCII, so `i` is a char boundary.
+        out.write_str(&s[start..i])?;
+        match b {
+            b'"' => out.write_str("\\\"")?,
+            b'\\' => out.write_str("\\\\")?,
+            b'\n' => out.write_str("\\n")?,
+            b'\r' => out.write_str("\\r")?,
+            b'\t' => out.write_str("\\t")?,
+            0x08 => out.write_str("\\b")?,
+            0x0c => out.write_str("\\f")?,
+            _ => {
+                out.write_str("\\u00")?;
+                out.write_char(char::from(HEX[usize::from(b >> 4)]))?;
+                out.write_char(char::from(HEX[usize::from(b & 0xf)]))?;
+            }
+        }
+        start = i + 1;
+    }
+    out.write_str(&s[start..])
+}
 
 /// A scalar the server looks at (`type`, `dst`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,9 @@
 //! peerjsd: a PeerJS signaling server.
 //!
+//! How it fits together — the tasks, who owns what, one message walked from socket to socket,
+//! and where each invariant is kept — is in `docs/ARCHITECTURE.md`; the wire protocol it
+//! implements is in `docs/PROTOCOL.md`.
+//!
 //! # Layout
 //!
 //! - [`config`]: command line, environment and config file, validated once into [`Config`].
@@ -14,7 +18,10 @@
 //!   per-socket session task.
 //! - [`room`]: the room actors (one task owns each room's members and offline queue; it
 //!   publishes the members' queues so that sessions deliver to connected peers directly) and
-//!   the registry that finds them. Global mode is a single room.
+//!   the registry that finds them, with the budgets (peer slots, queued bytes) they draw on.
+//!   Global mode is a single room.
+//! - [`auth`]: signed join tokens (`--auth-secret`): verify a token, say what it grants.
+//! - [`issued_id`]: ids minted with a MAC (`--issued-ids-only`), and the check that an id was.
 //! - [`metrics`]: counters and gauges, JSON and Prometheus text.
 //! - [`logging`]: JSON log lines (our own fast formatter) or text, filtered by `RUST_LOG`.
 //! - [`tls`]: `--sslkey/--sslcert` loaded into a rustls acceptor.
@@ -33,9 +40,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod gate;
 pub mod http;
+pub mod issued_id;
 pub mod json;
 pub mod logging;
 pub mod metrics;

@@ -165,38 +165,8 @@ struct Escaping<'a, W>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let needs_escape = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
-        let mut rest = s;
-        // Every escaped byte is ASCII, so each split below falls on a char boundary.
-        while let Some(at) = rest.as_bytes().iter().position(needs_escape) {
-            let (plain, tail) = rest.split_at(at);
-            self.0.write_str(plain)?;
-            let byte = tail.as_bytes()[0];
-            match byte {
-                b'"' => self.0.write_str("\\\"")?,
-                b'\\' => self.0.write_str("\\\\")?,
-                b'\n' => self.0.write_str("\\n")?,
-                b'\r' => self.0.write_str("\\r")?,
-                b'\t' => self.0.write_str("\\t")?,
-                _ => {
-                    let [high, low] = hex_digits(byte);
-                    self.0.write_str("\\u00")?;
-                    self.0.write_char(high)?;
-                    self.0.write_char(low)?;
-                }
-            }
-            rest = &tail[1..];
-        }
-        self.0.write_str(rest)
+        crate::json::write_escaped(self.0, s)
     }
-}
-
-fn hex_digits(byte: u8) -> [char; 2] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    [
-        char::from(HEX[usize::from(byte >> 4)]),
-        char::from(HEX[usize::from(byte & 0xf)]),
-    ]
 }
 
 /// An IP address for a log field (`ip = %LogIp(ip)`): IPv4 is written in one piece, without

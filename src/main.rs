@@ -1,9 +1,11 @@
-//! The `peerjsd` binary: parse the configuration, set up logging, bind, run, exit.
+//! The `peerjsd` binary: parse the configuration, set up logging, bind, run, exit; or, as
+//! `peerjsd token`, print a join token signed with the configured secret.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
-use peerjsd::config::{Parsed, RoomMode};
+use peerjsd::auth::TokenVerifier;
+use peerjsd::config::{Parsed, RoomMode, TokenRequest};
 use peerjsd::{Config, Server};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Token(request)) => return print_token(&request),
         Err(error) => {
             eprintln!("peerjsd: error: {error}");
             return ExitCode::from(2);
@@ -31,6 +34,36 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+/// `peerjsd token --sub ID [--room R] [--ttl 1h]`: prints a token signed with the configured
+/// secret (and the configured issuer and audience), valid from now for `--ttl`.
+fn print_token(request: &TokenRequest) -> ExitCode {
+    let Some(auth) = &request.config.auth else {
+        eprintln!("peerjsd: error: no --auth-secret configured");
+        return ExitCode::from(2);
+    };
+    let verifier = TokenVerifier::new(
+        &auth.secrets,
+        auth.issuer.as_deref(),
+        auth.audience.as_deref(),
+    );
+    let claims = verifier.claims_for(
+        &request.sub,
+        request.room.as_deref(),
+        verifier.now(),
+        request.ttl,
+    );
+    match verifier.mint(&claims) {
+        Some(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("peerjsd: error: cannot sign a token with the configured secret");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// One core (e.g. `taskset`, a 1-CPU container or VM): a single-threaded runtime, which skips
@@ -72,9 +105,16 @@ async fn serve(config: Config) -> ExitCode {
         path = %config.path,
         rooms = if config.rooms == RoomMode::Token { "token" } else { "global" },
         tls = config.tls.is_some(),
+        auth = config.auth.is_some(),
+        issued_ids_only = config.issued_ids_only,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
+    if config.issued_ids_only && config.id_secrets.is_empty() && config.auth.is_none() {
+        tracing::warn!(
+            "issued ids are keyed at random: they stop working after a restart and on other nodes; set --id-secret"
+        );
+    }
     let server = match config.metrics_addr {
         None => server,
         Some(wanted) => match TcpListener::bind(wanted).await {

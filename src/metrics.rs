@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::auth::TokenError;
 use crate::protocol::MessageType;
 
 /// One relayed message in this many is timed for the latency histogram (a clock read each).
@@ -81,6 +82,32 @@ label_enum! {
         RoomFull => "room_full",
         /// `--concurrent-limit` reached.
         ServerFull => "server_full",
+        /// `--issued-ids-only`: an id `GET {path}{key}/id` did not mint.
+        IdNotIssued => "id_not_issued",
+        /// Signed token longer than the limit.
+        TokenTooLong => "token_too_long",
+        /// Not a JWT, or a claim of the wrong type.
+        TokenMalformed => "token_malformed",
+        /// A token algorithm other than HS256 (`none` included).
+        TokenAlgorithm => "token_algorithm",
+        /// A token signed with no configured secret.
+        TokenSignature => "token_signature",
+        /// A token without `exp`.
+        TokenMissingExp => "token_missing_exp",
+        /// A token past its `exp` that was not a same-token reconnect.
+        TokenExpired => "token_expired",
+        /// A token whose `nbf` is in the future.
+        TokenNotYetValid => "token_not_yet_valid",
+        /// A token whose `sub` is not the id asked for.
+        TokenWrongId => "token_wrong_id",
+        /// Room mode: a `room` claim that is not a room name.
+        TokenWrongRoom => "token_wrong_room",
+        /// Room mode: a token without a `room` claim.
+        TokenMissingRoom => "token_missing_room",
+        /// A token without the configured `iss`.
+        TokenWrongIssuer => "token_wrong_issuer",
+        /// A token without the configured `aud`.
+        TokenWrongAudience => "token_wrong_audience",
         /// Past `--max-tcp-per-ip`: refused at accept with 429.
         TcpPerIp => "tcp_per_ip",
         /// Past `--max-handshakes-per-ip`: refused at accept with 429.
@@ -90,6 +117,25 @@ label_enum! {
         HandshakeEvicted => "handshake_evicted",
         /// No TLS handshake or no whole first request head within `--handshake-timeout`.
         HandshakeTimeout => "handshake_timeout",
+    }
+}
+
+impl From<TokenError> for Rejection {
+    fn from(why: TokenError) -> Self {
+        match why {
+            TokenError::TooLong => Rejection::TokenTooLong,
+            TokenError::Malformed => Rejection::TokenMalformed,
+            TokenError::Algorithm => Rejection::TokenAlgorithm,
+            TokenError::Signature => Rejection::TokenSignature,
+            TokenError::MissingExp => Rejection::TokenMissingExp,
+            TokenError::Expired => Rejection::TokenExpired,
+            TokenError::NotYetValid => Rejection::TokenNotYetValid,
+            TokenError::WrongId => Rejection::TokenWrongId,
+            TokenError::WrongRoom => Rejection::TokenWrongRoom,
+            TokenError::MissingRoom => Rejection::TokenMissingRoom,
+            TokenError::WrongIssuer => Rejection::TokenWrongIssuer,
+            TokenError::WrongAudience => Rejection::TokenWrongAudience,
+        }
     }
 }
 
@@ -173,7 +219,7 @@ struct RateSample {
     error_rate: f64,
 }
 
-/// The JSON figures of `/metrics` (SPEC §1).
+/// The JSON figures of `/metrics` (README: What it serves).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {

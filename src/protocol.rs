@@ -1,7 +1,7 @@
 //! The PeerJS wire protocol: what clients send, what the server sends back.
 //!
 //! A leaf module with no I/O. Shapes and texts are exactly peerjs-server 1.0.2's
-//! (`reference/peerjs-protocol.md` §1–§3):
+//! (docs/PROTOCOL.md §1–§4):
 //!
 //! * Inbound frames are JSON objects; only `type`, `dst` and `payload` matter. `src` is
 //!   ignored (the server stamps its own), other fields are dropped, and the payload is kept
@@ -39,12 +39,15 @@ pub mod texts {
     pub const TOKEN_TOO_LONG: &str = "Invalid token: at most 64 characters";
     /// The key is longer than the limit.
     pub const KEY_TOO_LONG: &str = "Invalid key: at most 64 characters";
+    /// `--issued-ids-only`: the id was not minted by `GET {path}{key}/id`.
+    pub const ID_NOT_ISSUED: &str = "Invalid id: not issued by this server";
 }
 
-/// Longest id, token or key the server accepts (SPEC §4).
+/// Longest id, token or key the server accepts (README: Configuration); with `--auth-secret` a token may
+/// be longer ([`crate::auth::MAX_TOKEN_LEN`]).
 pub const MAX_NAME_LEN: usize = 64;
 
-/// The message types the server dispatches on. Anything else is ignored (reference §2).
+/// The message types the server dispatches on. Anything else is ignored (docs/PROTOCOL.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageType {
     /// Keep-alive from the client; never forwarded.
@@ -97,7 +100,7 @@ impl MessageType {
         }
     }
 
-    /// Whether a message of this type to an offline peer waits in the queue (reference §3).
+    /// Whether a message of this type to an offline peer waits in the queue (docs/PROTOCOL.md §4).
     pub fn is_queued_when_offline(self) -> bool {
         matches!(self, Self::Offer | Self::Answer | Self::Candidate)
     }
@@ -167,37 +170,8 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
 /// Appends `s` as a JSON string literal, escaped as `JSON.stringify` does.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
-    // Ids almost never need escaping: check first, then copy in one go.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(s);
-        out.push('"');
-        return;
-    }
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
+    // Writing into a String cannot fail.
+    let _ = json::write_escaped(out, s);
     out.push('"');
 }
 
@@ -247,7 +221,7 @@ pub fn relay_frame_locating_dst(
     (out, dst_at)
 }
 
-/// `{"type":"EXPIRE","src":<unreachable>,"dst":<sender>}` (reference §3).
+/// `{"type":"EXPIRE","src":<unreachable>,"dst":<sender>}` (docs/PROTOCOL.md §4).
 pub fn expire_frame(unreachable: &str, sender: &str) -> String {
     relay_frame(MessageType::Expire, unreachable, sender, None)
 }

@@ -9,8 +9,10 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::TokenVerifier;
 use crate::config::Config;
 use crate::gate::{Gate, address_key};
+use crate::issued_id::IdIssuer;
 use crate::metrics::Metrics;
 use crate::room::registry::RoomRegistry;
 
@@ -36,6 +38,10 @@ pub struct Shared {
     pub shutdown: Shutdown,
     /// Set when shutdown begins: `/health` answers 503.
     pub draining: AtomicBool,
+    /// Verifies join tokens (`--auth-secret`).
+    pub auth: Option<TokenVerifier>,
+    /// Mints and checks issued ids (`--issued-ids-only`).
+    pub ids: Option<IdIssuer>,
     /// Open WebSocket sessions per client address key, for `--max-connections-per-ip`.
     per_ip: DashMap<IpAddr, usize>,
     /// Every TCP connection's place, per address and among those in their handshake.
@@ -44,7 +50,25 @@ pub struct Shared {
 
 impl Shared {
     /// Fresh state for a server with this configuration.
+    ///
+    /// With `--issued-ids-only` and no secret for it, the ids' key is drawn at random here;
+    /// this panics only if the system has no randomness at start-up.
     pub fn new(config: Config) -> Self {
+        let auth = config.auth.as_ref().map(|auth| {
+            TokenVerifier::new(
+                &auth.secrets,
+                auth.issuer.as_deref(),
+                auth.audience.as_deref(),
+            )
+        });
+        let ids = config
+            .issued_ids_only
+            .then(|| match (&config.id_secrets[..], &config.auth) {
+                ([], Some(auth)) => IdIssuer::new(&auth.secrets),
+                ([], None) => IdIssuer::random()
+                    .unwrap_or_else(|e| panic!("cannot key --issued-ids-only: {e}")),
+                (secrets, _) => IdIssuer::new(secrets),
+            });
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let shutdown = Shutdown::default();
@@ -55,6 +79,8 @@ impl Shared {
         ));
         let gate = Arc::new(Gate::new(&config, Arc::clone(&metrics)));
         Shared {
+            auth,
+            ids,
             config,
             metrics,
             rooms,

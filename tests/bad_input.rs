@@ -1,4 +1,4 @@
-//! Bad input never hurts: each kind is answered as SPEC §2 says, counted, and every other peer
+//! Bad input never hurts: each kind is answered as the README's deviations say, counted, and every other peer
 //! keeps being served.
 
 mod common;

@@ -118,6 +118,14 @@ fn help_lists_every_flag_with_its_default() {
         "--handshake-timeout",
         "--shutdown-timeout",
         "--log-format",
+        "--auth-secret",
+        "--auth-secret-previous",
+        "--auth-secret-file",
+        "--auth-issuer",
+        "--auth-audience",
+        "--issued-ids-only",
+        "--id-secret",
+        "--id-secret-file",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

@@ -199,10 +199,20 @@ async fn script(addr: SocketAddr) -> Vec<(String, Log)> {
 
     // A closed peer's id is free at once; messages to it are queued again.
     c.close();
-    tokio::time::sleep(Duration::from_millis(300)).await; // let both servers process the close
-    let mut c2 = PeerClient::connect_url(&peer_url("carol", "another"), "carol").await;
-    let mut lc2 = Log::new();
-    take(&mut c2, 1, &mut lc2).await;
+    // Each server frees the id once it has handled the close, which the client cannot
+    // observe: until then a newcomer is told ID-TAKEN (not logged; asked again).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (_c2, lc2) = loop {
+        let mut c2 = PeerClient::connect_url(&peer_url("carol", "another"), "carol").await;
+        let mut lc2 = Log::new();
+        take(&mut c2, 1, &mut lc2).await;
+        if lc2.first().is_none_or(|f| f["type"] != "ID-TAKEN")
+            || tokio::time::Instant::now() > deadline
+        {
+            break (c2, lc2);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     logs.push(("alice".into(), la));
     logs.push(("bob".into(), lb));

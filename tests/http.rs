@@ -1,4 +1,4 @@
-//! REST, ops endpoints, CORS and the upgrade handshake's HTTP answers (reference §1.2, §6).
+//! REST, ops endpoints, CORS and the upgrade handshake's HTTP answers (docs/PROTOCOL.md §1.2, §6).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Abuse limits (SPEC §4): rate limit, connection limits, Origin allow-list, and bounded memory
+//! Abuse limits (README: Configuration): rate limit, connection limits, Origin allow-list, and bounded memory
 //! under a flood — each counted by reason in the metrics.
 
 mod common;
@@ -14,14 +14,21 @@ async fn over_the_rate_limit_messages_are_dropped_and_the_peer_stays() {
     let server = TestServer::with(|c| c.rate_limit = NonZeroU32::new(10)).await;
     let alice = PeerClient::open(&server, "alice").await;
     let mut bob = PeerClient::open(&server, "bob").await;
+    let started = std::time::Instant::now();
     for n in 0..50 {
         alice.send(json!({"type": "CANDIDATE", "dst": "bob", "payload": n}));
     }
     server
         .until("50 frames read", |s| s.metrics.received.get() >= 50)
         .await;
+    // The burst (10) passes, plus what refilled while the frames were on their way (10 a
+    // second): however slow the machine, at least the rest is dropped, and at most 40.
+    let refilled = (started.elapsed().as_secs_f64() * 10.0).ceil() as u64;
     let dropped = server.shared.metrics.dropped(DropReason::RateLimited);
-    assert!((35..=40).contains(&dropped), "{dropped} dropped");
+    assert!(
+        dropped <= 40 && dropped + 10 + refilled >= 50,
+        "{dropped} dropped, {refilled} tokens refilled meanwhile"
+    );
     let mut delivered = Vec::new();
     for _ in 0..(50 - dropped) {
         delivered.push(bob.recv().await["payload"].as_u64().unwrap());
@@ -244,7 +251,7 @@ async fn the_concurrent_limit_refuses_with_the_reference_text_but_not_a_take_ove
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_stays_bounded_under_a_flood_of_offline_and_bad_messages() {
+async fn the_offline_queue_stays_within_its_budget_under_a_flood_of_offline_and_bad_messages() {
     const QUEUE_BYTES: usize = 2 * 1024 * 1024;
     let server = TestServer::with(|c| {
         c.rate_limit = None;
@@ -262,10 +269,9 @@ async fn memory_stays_bounded_under_a_flood_of_offline_and_bad_messages() {
     }
     let payload = "p".repeat(1000);
     let mut sent = 0u64;
-    let mut rss = Vec::new();
-    // Two identical floods of 20,000 offers (~1.1 KB) to distinct offline ids, plus garbage.
-    // The first warms the allocator up; the second must not grow memory by what it sends: an
-    // unbounded queue (as in peerjs-server) would keep another ~22 MB for the expire timeout.
+    // Two floods of 20,000 offers (~1.1 KB) to distinct offline ids, plus garbage: an unbounded
+    // queue (as in peerjs-server) would keep ~44 MB for the expire timeout. What it costs in the
+    // server's memory (RSS) is measured by tests/abuse.rs, on a server process of its own.
     for flood in 0..2 {
         for round in 0..25 {
             for (n, attacker) in attackers.iter().enumerate() {
@@ -299,21 +305,11 @@ async fn memory_stays_bounded_under_a_flood_of_offline_and_bad_messages() {
         // The attackers' EXPIREs pile up in this test's own client buffers: empty them.
         let expires: usize = attackers.iter_mut().map(|a| a.drain().len()).sum();
         eprintln!("flood {flood}: attackers got {expires} frames back");
-        rss.push(rss_kib());
     }
     let refused = server.shared.metrics.dropped(DropReason::QueueOverflow)
         + server.shared.metrics.dropped(DropReason::QueueShare);
     assert!(refused > 35_000, "{refused} refused");
     assert_eq!(server.shared.metrics.dropped(DropReason::Malformed), 400);
-    let growth_kib = rss[1].saturating_sub(rss[0]);
-    eprintln!(
-        "RSS after flood 1: {} KiB, after flood 2: {} KiB",
-        rss[0], rss[1]
-    );
-    assert!(
-        growth_kib < 8 * 1024,
-        "the second flood grew RSS by {growth_kib} KiB"
-    );
     // Oversized frames close their senders and are not buffered.
     for attacker in &attackers[..2] {
         attacker.send_text(&"x".repeat(200 * 1024));
@@ -324,13 +320,4 @@ async fn memory_stays_bounded_under_a_flood_of_offline_and_bad_messages() {
         })
         .await;
     assert_eq!(server.shared.metrics.dropped(DropReason::TooLarge), 2);
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }

@@ -147,7 +147,7 @@ async fn queued_messages_expire_after_the_expire_timeout_from_the_first_message(
         json!({"type": "CANDIDATE", "dst": "ghost", "payload": 2}),
     )
     .await;
-    // One EXPIRE for the pair, 5 s after the queue's first message (reference §3).
+    // One EXPIRE for the pair, 5 s after the queue's first message (docs/PROTOCOL.md §4).
     assert_eq!(
         next(&mut alice).await,
         Some(json!({"type": "EXPIRE", "src": "ghost", "dst": "alice"}))

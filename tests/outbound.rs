@@ -1,4 +1,4 @@
-//! What waits to be written to a peer (SPEC §4): bounded in bytes, a socket that stops taking
+//! What waits to be written to a peer (README: Configuration): bounded in bytes, a socket that stops taking
 //! bytes is closed as a slow reader after `--write-timeout` whether or not more is sent to it,
 //! its alive deadline still runs while a write waits, a peer on a slow link that keeps reading
 //! keeps its id, and an honest reader is never evicted however bursty its traffic.

@@ -1,5 +1,5 @@
 //! The signaling protocol against a real server: admission, relay, HEARTBEAT, LEAVE, EXPIRE,
-//! unknown types, query decoding (reference §1–§3).
+//! unknown types, query decoding (docs/PROTOCOL.md §1–§4).
 
 mod common;
 

@@ -131,12 +131,12 @@ async fn the_server_wide_queue_bound_holds_across_destinations() {
         alice.send(offer(&format!("ghost{n}"), "dc"));
     }
     let mut expired = 0;
-    while server.shared.metrics.dropped(DropReason::QueueOverflow)
-        + (server.shared.metrics.queued_messages.get() as u64)
-        < 20
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server
+        .until("all 20 offers queued or refused", |s| {
+            s.metrics.dropped(DropReason::QueueOverflow) + (s.metrics.queued_messages.get() as u64)
+                >= 20
+        })
+        .await;
     let overflow = server.shared.metrics.dropped(DropReason::QueueOverflow);
     assert!(overflow >= 14, "{overflow} overflowed");
     for _ in 0..overflow {

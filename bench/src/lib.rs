@@ -1,6 +1,7 @@
 //! Shared pieces of the peerjsd benchmark harness.
 //!
 //! Layout:
+//! - [`jwt`]: HS256 join tokens for a peerjsd started with `--auth-secret`.
 //! - [`msg`]: PeerJS-shaped messages (what the peerjs 1.5.x browser client sends), built from
 //!   templates with a sequence number and a send timestamp embedded in `connectionId`, and a
 //!   cheap scanner that reads them back from what a server relays.
@@ -11,6 +12,7 @@
 //! Binaries: `peerjsd-bench` (the driver, `src/main.rs`), `loadgen` (the load generator) and
 //! `floor` (the minimal relay used as a speed floor).
 
+pub mod jwt;
 pub mod msg;
 pub mod procfs;
 pub mod report;

@@ -16,6 +16,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
+use peerjsd_bench::jwt::BENCH_SECRET;
 use peerjsd_bench::report::LoadReport;
 
 #[derive(Parser, Debug)]
@@ -88,6 +89,9 @@ enum ServerKind {
     Floor,
     Baseline,
     Peerjsd,
+    /// peerjsd with `--auth-secret`, the load generator presenting signed join tokens: what
+    /// verifying a token costs per connection.
+    PeerjsdAuth,
 }
 
 impl ServerKind {
@@ -97,7 +101,16 @@ impl ServerKind {
             ServerKind::Floor => "floor",
             ServerKind::Baseline => "baseline",
             ServerKind::Peerjsd => "peerjsd",
+            ServerKind::PeerjsdAuth => "peerjsd-auth",
         }
+    }
+
+    /// Whether this is a peerjsd binary (it takes peerjsd's flags).
+    fn is_peerjsd(self) -> bool {
+        matches!(
+            self,
+            ServerKind::Peerjsd | ServerKind::PeerjsdAuth | ServerKind::Baseline
+        )
     }
 }
 
@@ -306,7 +319,7 @@ fn main() {
         cli.scenarios.clone()
     };
     let available = |k: ServerKind| match k {
-        ServerKind::Peerjsd => setup.peerjsd.is_some(),
+        ServerKind::Peerjsd | ServerKind::PeerjsdAuth => setup.peerjsd.is_some(),
         ServerKind::Baseline => setup.baseline.is_some(),
         ServerKind::PeerjsServer => setup.node_script.is_some(),
         ServerKind::Floor => true,
@@ -320,6 +333,15 @@ fn main() {
             cli.servers.clone()
         } else if sc == ScenarioId::Hold19k {
             vec![ServerKind::Baseline, ServerKind::Peerjsd]
+        } else if sc == ScenarioId::Churn {
+            // Connections are where a join token is checked: measure peerjsd with it too.
+            vec![
+                ServerKind::PeerjsServer,
+                ServerKind::Floor,
+                ServerKind::Baseline,
+                ServerKind::Peerjsd,
+                ServerKind::PeerjsdAuth,
+            ]
         } else {
             vec![
                 ServerKind::PeerjsServer,
@@ -353,8 +375,7 @@ fn main() {
     let guard = !cli.quick && cli.max_noise > 0.0;
     let mut repeated = 0usize;
     for (i, &(sc, rep, srv)) in plan.iter().enumerate() {
-        let rooms =
-            sc == ScenarioId::Rooms4 && matches!(srv, ServerKind::Peerjsd | ServerKind::Baseline);
+        let rooms = sc == ScenarioId::Rooms4 && srv.is_peerjsd();
         let run = if let Some(why) = start_failures.get(&(srv, rooms)) {
             Run {
                 report: LoadReport {
@@ -507,7 +528,7 @@ fn server_command(setup: &Setup, srv: ServerKind, port: u16, rooms: bool) -> Com
     cmd.arg("-c").arg(setup.server_cpu.to_string());
     let p = port.to_string();
     match srv {
-        ServerKind::Peerjsd | ServerKind::Baseline => {
+        ServerKind::Peerjsd | ServerKind::PeerjsdAuth | ServerKind::Baseline => {
             let binary = if srv == ServerKind::Baseline {
                 setup.baseline.as_deref()
             } else {
@@ -519,6 +540,9 @@ fn server_command(setup: &Setup, srv: ServerKind, port: u16, rooms: bool) -> Com
             cmd.args(["--max-connections-per-ip", "0"]);
             if rooms {
                 cmd.args(["--rooms", "token"]);
+            }
+            if srv == ServerKind::PeerjsdAuth {
+                cmd.args(["--auth-secret", BENCH_SECRET]);
             }
         }
         ServerKind::PeerjsServer => {
@@ -653,6 +677,9 @@ fn run_one(
         ])
         .args(sc.loadgen_args(cli.quick, cli.hold_peers, rooms))
         .stdin(Stdio::null());
+    if srv == ServerKind::PeerjsdAuth {
+        cmd.args(["--auth-secret", BENCH_SECRET]);
+    }
     let output = cmd.output();
     let server_note = match child.try_wait() {
         Ok(Some(status)) => Some(format!("server exited during the run ({status})")),
@@ -1024,17 +1051,30 @@ fn render(
         ServerKind::Floor,
         ServerKind::Baseline,
         ServerKind::Peerjsd,
+        ServerKind::PeerjsdAuth,
     ];
     let present: Vec<ServerKind> = servers
         .into_iter()
         .filter(|s| results.keys().any(|(_, k)| k == s))
         .collect();
-    let has_peerjsd = present.contains(&ServerKind::Peerjsd);
+    // Ratio columns (numerator ÷ denominator): peerjsd against each other server, and
+    // peerjsd with signed tokens against peerjsd without.
+    let mut ratios: Vec<(ServerKind, ServerKind)> = Vec::new();
+    if present.contains(&ServerKind::Peerjsd) {
+        for &k in &present {
+            if !matches!(k, ServerKind::Peerjsd | ServerKind::PeerjsdAuth) {
+                ratios.push((ServerKind::Peerjsd, k));
+            }
+        }
+        if present.contains(&ServerKind::PeerjsdAuth) {
+            ratios.push((ServerKind::PeerjsdAuth, ServerKind::Peerjsd));
+        }
+    }
     let mut s = String::from(machine);
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "Medians over runs. Ratio = peerjsd ÷ other: for CPU, latency and memory lower is better, for rates higher is better. \
+        "Medians over runs. Ratio = peerjsd ÷ other (and peerjsd-auth, peerjsd with --auth-secret and every connection presenting a signed join token, ÷ peerjsd): for CPU, latency and memory lower is better, for rates higher is better. \
          \"bound by loadgen\" means the load generator's core was ≥ 90 % busy while the server's was not: \
          the rate then measures the load generator, compare server CPU per unit instead. \
          CPU = utime+stime of the process from /proc/<pid>/stat over the measurement window (10 ms ticks)."
@@ -1053,13 +1093,9 @@ fn render(
         let _ = write!(header, " {} |", k.name());
         rule.push_str("---:|");
     }
-    if has_peerjsd {
-        for k in &present {
-            if *k != ServerKind::Peerjsd {
-                let _ = write!(header, " peerjsd/{} |", k.name());
-                rule.push_str("---:|");
-            }
-        }
+    for (a, b) in &ratios {
+        let _ = write!(header, " {}/{} |", a.name(), b.name());
+        rule.push_str("---:|");
     }
     let _ = writeln!(s, "{header}\n{rule}");
 
@@ -1067,7 +1103,7 @@ fn render(
     let mut errors: Vec<String> = Vec::new();
     for &sc in scenarios {
         let _ = write!(s, "| **{}** |", sc.title());
-        let ncols = present.len() + if has_peerjsd { present.len() - 1 } else { 0 };
+        let ncols = present.len() + ratios.len();
         for _ in 0..ncols {
             s.push_str(" |");
         }
@@ -1101,21 +1137,14 @@ fn render(
                                 .unwrap_or_else(|| "—".into())
                         );
                     }
-                    if has_peerjsd {
-                        let pd = present
-                            .iter()
-                            .position(|k| *k == ServerKind::Peerjsd)
-                            .and_then(|i| meds[i]);
-                        for (i, k) in present.iter().enumerate() {
-                            if *k == ServerKind::Peerjsd {
-                                continue;
-                            }
-                            let cell = match (pd, meds[i]) {
-                                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}×", a / b),
-                                _ => "—".into(),
-                            };
-                            let _ = write!(s, " {cell} |");
-                        }
+                    let med =
+                        |k: ServerKind| present.iter().position(|p| *p == k).and_then(|i| meds[i]);
+                    for &(a, b) in &ratios {
+                        let cell = match (med(a), med(b)) {
+                            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}×", a / b),
+                            _ => "—".into(),
+                        };
+                        let _ = write!(s, " {cell} |");
                     }
                     s.push('\n');
                 }
@@ -1128,12 +1157,8 @@ fn render(
                             .unwrap_or_else(|| "—".into());
                         let _ = write!(s, " {} |", if cell.is_empty() { "—" } else { &cell });
                     }
-                    if has_peerjsd {
-                        for k in &present {
-                            if *k != ServerKind::Peerjsd {
-                                s.push_str(" |");
-                            }
-                        }
+                    for _ in &ratios {
+                        s.push_str(" |");
                     }
                     s.push('\n');
                 }

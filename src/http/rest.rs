@@ -1,13 +1,14 @@
-//! peerjs-server's REST API (reference §6): info, a fresh id, and the peer list; and what
-//! Express and the `cors` package answer around it (CORS headers, 204 preflights, the 404
-//! page for any other path or method).
+//! peerjs-server's REST API (docs/PROTOCOL.md §6): info, a fresh id, and the peer list (with
+//! `--issued-ids-only` the fresh id carries a MAC, with `--auth-secret` the list needs a
+//! token); and what Express and the `cors` package answer around it (CORS headers, 204
+//! preflights, the 404 page for any other path or method).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::routing::get;
 
@@ -122,9 +123,26 @@ async fn info() -> Response<Body> {
     with_type(INFO, "application/json; charset=utf-8")
 }
 
-/// A fresh v4 UUID: 122 random bits, so it cannot collide with a connected id in practice.
-async fn id() -> Response<Body> {
-    with_type(uuid::Uuid::new_v4().to_string(), "text/html; charset=utf-8")
+/// A fresh id: a v4 UUID (122 random bits, so it cannot collide with a connected id in
+/// practice), or with `--issued-ids-only` an id carrying this server's MAC (96 random bits).
+async fn id(State(shared): State<Arc<Shared>>) -> Response<Body> {
+    let id = match &shared.ids {
+        None => uuid::Uuid::new_v4().to_string(),
+        Some(ids) => match ids.mint() {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, "cannot mint an id");
+                return with_status(StatusCode::SERVICE_UNAVAILABLE, "Cannot mint an id");
+            }
+        },
+    };
+    with_type(id, "text/html; charset=utf-8")
+}
+
+fn with_status(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = with_type(text, "text/plain; charset=utf-8");
+    *response.status_mut() = status;
+    response
 }
 
 #[derive(serde::Deserialize)]
@@ -132,25 +150,48 @@ struct PeersQuery {
     token: Option<String>,
 }
 
+/// The ids of a room (global mode: of the server), with `--allow-discovery`. With
+/// `--auth-secret` the request must carry a valid join token (`?token=` or `Authorization:
+/// Bearer`), and in room mode the token's `room` claim is the room listed.
 async fn peers(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<PeersQuery>,
+    headers: HeaderMap,
 ) -> Response<Body> {
     if !shared.config.allow_discovery {
-        let mut response = with_type("Unauthorized", "text/plain; charset=utf-8");
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        return response;
+        return with_status(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    let key = match (shared.config.rooms, query.token.as_deref()) {
-        (RoomMode::Global, _) => "",
-        (RoomMode::Token, Some(token)) if !token.is_empty() => token,
-        (RoomMode::Token, _) => {
-            let mut response = with_type(
+    let room_mode = shared.config.rooms == RoomMode::Token;
+    let signed_room;
+    let key = match (&shared.auth, query.token.as_deref()) {
+        (Some(auth), token) => {
+            let token = token
+                .filter(|t| !t.is_empty())
+                .or_else(|| bearer(&headers))
+                .unwrap_or_default();
+            let claims = match auth.check_request(token, auth.now()) {
+                Ok(claims) => claims,
+                Err(why) => return with_status(StatusCode::UNAUTHORIZED, why.message()),
+            };
+            if !room_mode {
+                ""
+            } else {
+                match claims.room() {
+                    Ok(room) => {
+                        signed_room = room.to_owned();
+                        signed_room.as_str()
+                    }
+                    Err(why) => return with_status(StatusCode::UNAUTHORIZED, why.message()),
+                }
+            }
+        }
+        (None, _) if !room_mode => "",
+        (None, Some(token)) if !token.is_empty() => token,
+        (None, _) => {
+            return with_status(
+                StatusCode::BAD_REQUEST,
                 "In room mode, list a room with ?token=ROOM",
-                "text/plain; charset=utf-8",
             );
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            return response;
         }
     };
     let ids = match shared.rooms.get(key) {
@@ -160,6 +201,13 @@ async fn peers(
     let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
     let body = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
     with_type(body, "application/json; charset=utf-8")
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Anything else, any other method on a known path included: 404 with Express's page

@@ -37,17 +37,18 @@ pub fn dropped_total() -> u64 {
 
 /// The [`MakeWriter`] handed to tracing-subscriber: each line it formats is one `write` here.
 pub struct Sink {
-    shared: Arc<Shared>,
+    queue: Arc<LineQueue>,
 }
 
 /// Held by `main`: dropping it writes out what is buffered and stops the writer thread.
 #[must_use = "dropping the guard stops log output"]
 pub struct Flush {
-    shared: Arc<Shared>,
+    queue: Arc<LineQueue>,
     done: mpsc::Receiver<()>,
 }
 
-struct Shared {
+/// The lines waiting for the writer thread, shared by every producer and the writer.
+struct LineQueue {
     state: Mutex<State>,
     wake: Condvar,
     capacity: usize,
@@ -63,7 +64,7 @@ struct State {
     closing: bool,
 }
 
-impl Shared {
+impl LineQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A producer that panicked mid-append leaves at worst a torn line; keep logging.
         self.state
@@ -79,13 +80,13 @@ impl Sink {
         capacity: usize,
         linger: Duration,
     ) -> io::Result<(Sink, Flush)> {
-        let shared = Arc::new(Shared {
+        let queue = Arc::new(LineQueue {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             capacity,
         });
         let (done_tx, done) = mpsc::channel();
-        let writer = Arc::clone(&shared);
+        let writer = Arc::clone(&queue);
         thread::Builder::new()
             .name("peerjsd-log".into())
             .spawn(move || {
@@ -93,15 +94,15 @@ impl Sink {
                 let _ = done_tx.send(());
             })?;
         let flush = Flush {
-            shared: Arc::clone(&shared),
+            queue: Arc::clone(&queue),
             done,
         };
-        Ok((Sink { shared }, flush))
+        Ok((Sink { queue }, flush))
     }
 
     fn append(&self, line: &[u8]) {
-        let mut state = self.shared.lock();
-        if state.lines.len() + line.len() > self.shared.capacity {
+        let mut state = self.queue.lock();
+        if state.lines.len() + line.len() > self.queue.capacity {
             state.dropped += 1;
             DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
@@ -110,7 +111,7 @@ impl Sink {
         if state.writer_parked {
             state.writer_parked = false;
             drop(state);
-            self.shared.wake.notify_one();
+            self.queue.wake.notify_one();
         }
     }
 }
@@ -135,13 +136,13 @@ impl Write for &Sink {
 }
 
 /// The writer thread: wait for lines, let more gather, write them all, until closed and empty.
-fn write_out(shared: &Shared, mut out: impl Write, linger: Duration) {
+fn write_out(queue: &LineQueue, mut out: impl Write, linger: Duration) {
     let mut batch = Vec::new();
     loop {
-        let mut state = shared.lock();
+        let mut state = queue.lock();
         while state.lines.is_empty() && state.dropped == 0 && !state.closing {
             state.writer_parked = true;
-            state = shared
+            state = queue
                 .wake
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -154,7 +155,7 @@ fn write_out(shared: &Shared, mut out: impl Write, linger: Duration) {
             if left.is_zero() {
                 break;
             }
-            state = match shared.wake.wait_timeout(state, left) {
+            state = match queue.wake.wait_timeout(state, left) {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -174,7 +175,7 @@ fn write_out(shared: &Shared, mut out: impl Write, linger: Duration) {
             // Goes through the subscriber into the buffer like any other line.
             tracing::warn!(lines = dropped, "log output stalled; lines were dropped");
         }
-        if closing && shared.lock().lines.is_empty() {
+        if closing && queue.lock().lines.is_empty() {
             return;
         }
     }
@@ -182,8 +183,8 @@ fn write_out(shared: &Shared, mut out: impl Write, linger: Duration) {
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        self.shared.lock().closing = true;
-        self.shared.wake.notify_one();
+        self.queue.lock().closing = true;
+        self.queue.wake.notify_one();
         // Never hang the exit on a stalled stdout.
         let _ = self.done.recv_timeout(EXIT_WAIT);
     }
@@ -270,7 +271,7 @@ mod tests {
         // The first line is taken by the writer, which then blocks on the stalled output.
         line(&sink, "first line\n");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sink.shared.lock().lines.is_empty() {
+        while !sink.queue.lock().lines.is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "the writer never took the first line"
@@ -281,7 +282,7 @@ mod tests {
         for i in 0..10 {
             line(&sink, &format!("line {i:<14}\n"));
         }
-        assert_eq!(sink.shared.lock().dropped, 5);
+        assert_eq!(sink.queue.lock().dropped, 5);
         assert!(dropped_total() >= before + 5);
         drop(stall);
         drop(flush);

@@ -265,14 +265,23 @@ impl RoomActor {
         self.rooms.config.rooms == RoomMode::Token
     }
 
+    /// Whether a member's token is its own secret, so that the same token again is the same
+    /// client reconnecting: in global mode, and with signed tokens in both modes. In room
+    /// mode without them every member knows the token, so it proves nothing (README: Game rooms).
+    fn token_is_secret(&self) -> bool {
+        !self.room_mode() || self.rooms.config.auth.is_some()
+    }
+
     fn join(&mut self, request: JoinRequest) -> JoinReply {
         let Some(holder) = self.members.get(&request.id) else {
-            return self.admit(request);
+            return self.admit_new(request);
         };
-        // Global mode: the same token is the same client reconnecting. Room mode: every member
-        // knows the token, so it proves nothing (SPEC §3).
-        if !self.room_mode() && holder.token == request.token {
+        if self.token_is_secret() && holder.token == request.token {
+            // The one place an expired signed token is good: its own id, still registered.
             return self.replace(request, CloseReason::Replaced);
+        }
+        if request.expired {
+            return JoinReply::Refused(Refusal::TokenExpired);
         }
         let holder_conn = holder.link.conn;
         let (alive_tx, alive) = oneshot::channel();
@@ -292,8 +301,17 @@ impl RoomActor {
             }
             // Someone else registered the id meanwhile: start over.
             Some(_) => self.join(request),
-            None => self.admit(request),
+            None => self.admit_new(request),
         }
+    }
+
+    /// Admits a socket whose id is free, unless its signed token has expired (only a
+    /// same-token reconnect may use one of those).
+    fn admit_new(&mut self, request: JoinRequest) -> JoinReply {
+        if request.expired {
+            return JoinReply::Refused(Refusal::TokenExpired);
+        }
+        self.admit(request)
     }
 
     /// Registers a new id, if the room and the server have room for it.
@@ -332,7 +350,9 @@ impl RoomActor {
 
     /// Adds the member, sends OPEN, then delivers what was queued for it.
     fn install(&mut self, request: JoinRequest, slot: PeerSlot) {
-        let JoinRequest { id, token, link } = request;
+        let JoinRequest {
+            id, token, link, ..
+        } = request;
         let joined = self.next_join;
         self.next_join += 1;
         // The queue is empty and holds at least one frame, so this cannot fail.
@@ -360,25 +380,27 @@ impl RoomActor {
     /// it never makes the newcomer a slow reader: what does not fit in its outbound queue is
     /// dropped, and its senders get EXPIRE as if it had expired.
     fn flush_queue(&mut self, id: &Arc<str>, queue: Queue) {
-        let metrics = Arc::clone(&self.rooms.metrics);
+        for queued in &queue.messages {
+            self.unshare(queued);
+        }
+        let Some(member) = self.members.get(id) else {
+            return;
+        };
+        let metrics = &self.rooms.metrics;
         let mut unsent: Vec<Arc<str>> = Vec::new();
         for queued in queue.messages {
-            self.unshare(&queued);
-            let Some(member) = self.members.get(id) else {
-                break;
+            let pushed = if unsent.is_empty() {
+                member.link.tx.try_send(queued.frame)
+            } else {
+                Err((SendError::Full, queued.frame))
             };
-            if !unsent.is_empty() {
-                metrics.drop_messages(DropReason::QueueOverflow, 1);
-                if !unsent.contains(&queued.src) {
-                    unsent.push(queued.src);
-                }
-                continue;
-            }
-            match member.link.tx.try_send(queued.frame) {
+            match pushed {
                 Ok(()) => metrics.relay(queued.kind),
                 Err((SendError::Full, _)) => {
                     metrics.drop_messages(DropReason::QueueOverflow, 1);
-                    unsent.push(queued.src);
+                    if !unsent.contains(&queued.src) {
+                        unsent.push(queued.src);
+                    }
                 }
                 Err((SendError::Closed, _)) => {
                     metrics.drop_messages(DropReason::Undeliverable, 1);
@@ -544,7 +566,7 @@ impl RoomActor {
         }
     }
 
-    /// Drops every queue whose deadline has passed and tells each sender once (reference §3).
+    /// Drops every queue whose deadline has passed and tells each sender once (docs/PROTOCOL.md §4).
     fn expire_due(&mut self, now: Instant) {
         while let Some((deadline, _, _)) = self.deadlines.front() {
             if *deadline > now {
@@ -692,6 +714,7 @@ mod tests {
             id: Arc::from(id),
             token: Box::from("t"),
             link: peer,
+            expired: false,
         };
         assert!(matches!(
             room.join(request).await,

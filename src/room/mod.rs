@@ -7,8 +7,9 @@
 //!
 //! Messages between connected members take a shorter path: the actor publishes each
 //! member's queue in the room's [`Routes`], and a session delivers straight to it, unless a
-//! message of its own is still on its way through the actor (then it follows it there, to
-//! keep order). The actor still decides everything else: who is a member, what is queued for
+//! message of its own is still on its way through the actor (then it follows it there: the
+//! per-sender order rule, stated in docs/ARCHITECTURE.md, "Per-sender order"). The actor still
+//! decides everything else: who is a member, what is queued for
 //! whom, and who is closed as a slow reader (a direct push that fails goes through the actor).
 //!
 //! In global mode the whole server is one room (key `""`); in token mode the token names
@@ -35,7 +36,7 @@ use crate::protocol::MessageType;
 pub const ROOM_MAILBOX: usize = 1024;
 
 /// Identifies one socket's registration, so a stale socket's departure cannot remove a
-/// newer registration of the same id (reference bug §11.2).
+/// newer registration of the same id (a reference bug: docs/PROTOCOL.md §5).
 pub type ConnId = u64;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -81,8 +82,13 @@ pub fn link(limits: outbox::Limits) -> (PeerLink, SessionLink) {
 pub struct JoinRequest {
     /// The id it wants.
     pub id: Arc<str>,
-    /// Its token (the reconnect secret in global mode, the room name in room mode).
+    /// Its reconnect secret: the token in global mode; with `--auth-secret` the signed
+    /// token's signature (in both modes: then every token is the peer's own); without it in
+    /// room mode the room name, which proves nothing (every member knows it).
     pub token: Box<str>,
+    /// A signed token past its `exp`: good only to reconnect to the id registered with the
+    /// same token; anyone else is refused ([`Refusal::TokenExpired`]).
+    pub expired: bool,
     /// Where the room reaches it once admitted.
     pub link: PeerLink,
 }
@@ -96,6 +102,8 @@ pub enum Refusal {
     RoomFull,
     /// The server has `--concurrent-limit` peers.
     ServerFull,
+    /// The signed token has expired and this is not a same-token reconnect.
+    TokenExpired,
 }
 
 /// The room's answer to a join.

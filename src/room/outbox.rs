@@ -21,10 +21,9 @@
 //! frames still queued.
 //!
 //! Besides the room's own [`OutboxSender`], a room publishes a [`Route`] to each member's
-//! queue so that sessions can hand it messages directly (see [`super::Routes`]). To keep each
-//! sender's messages in order across the two paths, a session counts the messages it sent
-//! through the room that the room has not handled yet ([`InFlight`]) and only delivers
-//! directly while that count is zero.
+//! queue so that sessions can hand it messages directly (see [`super::Routes`]). The count of
+//! a session's messages still in the room ([`InFlight`]) lives here too: it is how the
+//! per-sender order rule (docs/ARCHITECTURE.md, "Per-sender order") is kept.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -9,7 +9,7 @@
 //!
 //! Inbound frames are checked here, at the edge, before the room sees them: rate limit,
 //! shape, and `src` stamping. A message for a connected member of the room goes straight to
-//! that member's outbound queue (see [`crate::room`] for how order is kept); the rest (offline
+//! that member's outbound queue (docs/ARCHITECTURE.md, "Per-sender order"); the rest (offline
 //! destinations, a full queue, a message behind one of ours still in the room) go to the room
 //! actor.
 
@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use super::read_ahead::ReadAhead;
+use crate::auth::TokenError;
 use crate::config::RoomMode;
 use crate::logging::LogIp;
 use crate::metrics::{CloseReason, DropReason, Rejection};
@@ -120,8 +121,9 @@ struct Admitted {
     conn: room::ConnId,
 }
 
-/// Validates the query, then registers with the room (reference §1.3 order). On refusal the
-/// client gets ERROR or ID-TAKEN and a close, and `None` is returned.
+/// Validates the query (docs/PROTOCOL.md §1.3 order, then `--issued-ids-only` and the signed
+/// token), then registers with the room. On refusal the client gets ERROR or ID-TAKEN and a
+/// close, and `None` is returned.
 async fn admit<S>(
     ws: &mut WebSocketStream<S>,
     params: ConnectParams,
@@ -140,8 +142,15 @@ where
         Some((Rejection::InvalidKey, texts::INVALID_KEY))
     } else if !protocol::is_valid_id(&params.id) {
         Some((Rejection::InvalidName, texts::INVALID_ID))
-    } else if params.token.len() > protocol::MAX_NAME_LEN {
+    } else if shared.auth.is_none() && params.token.len() > protocol::MAX_NAME_LEN {
+        // Signed tokens are longer; their own check below caps them.
         Some((Rejection::InvalidName, texts::TOKEN_TOO_LONG))
+    } else if shared
+        .ids
+        .as_ref()
+        .is_some_and(|ids| !ids.is_issued(&params.id))
+    {
+        Some((Rejection::IdNotIssued, texts::ID_NOT_ISSUED))
     } else {
         None
     };
@@ -150,9 +159,28 @@ where
         return None;
     }
 
-    let room_key = match config.rooms {
-        RoomMode::Global => "",
-        RoomMode::Token => params.token.as_str(),
+    let room_mode = config.rooms == RoomMode::Token;
+    // With signed tokens the token must be valid for this id, and names the room.
+    let grant = match &shared.auth {
+        None => None,
+        Some(auth) => match auth.check(&params.token, &params.id, room_mode, auth.now()) {
+            Ok(grant) => Some(grant),
+            Err(why) => {
+                let frame = protocol::error_frame(why.message());
+                refuse(ws, shared, ip, &params.id, why.into(), frame).await;
+                return None;
+            }
+        },
+    };
+    // The room, and the token as the reconnect secret the room compares (room/mod.rs).
+    let (room_key, secret, expired) = match &grant {
+        Some(grant) => (
+            grant.room.as_deref().unwrap_or(""),
+            &*grant.signature,
+            grant.expired,
+        ),
+        None if room_mode => (params.token.as_str(), params.token.as_str(), false),
+        None => ("", params.token.as_str(), false),
     };
     let id: Arc<str> = Arc::from(params.id.as_str());
     for _ in 0..JOIN_ATTEMPTS {
@@ -164,7 +192,8 @@ where
         let conn = peer_link.conn;
         let request = JoinRequest {
             id: Arc::clone(&id),
-            token: Box::from(params.token.as_str()),
+            token: Box::from(secret),
+            expired,
             link: peer_link,
         };
         let mut reply = room.join(request).await;
@@ -195,7 +224,7 @@ where
             Some(JoinReply::Admitted) => {
                 shared.metrics.connections_accepted.inc();
                 // `room` is left out of the line in global mode (a `None` field is not recorded).
-                let room_field = (config.rooms == RoomMode::Token).then_some(room_key);
+                let room_field = room_mode.then_some(room_key);
                 tracing::info!(peer = &*id, room = room_field, ip = %LogIp(ip), "peer open");
                 return Some(Admitted {
                     id,
@@ -213,6 +242,10 @@ where
                     Refusal::ServerFull => (
                         Rejection::ServerFull,
                         protocol::error_frame(texts::CONCURRENT_LIMIT),
+                    ),
+                    Refusal::TokenExpired => (
+                        Rejection::TokenExpired,
+                        protocol::error_frame(TokenError::Expired.message()),
                     ),
                 };
                 refuse(ws, shared, ip, &params.id, why, frame).await;
@@ -289,6 +322,16 @@ where
         ) {
             return;
         }
+    }
+    if reason == CloseReason::SlowReader {
+        // Its socket takes nothing: the close frame would only wait behind what it never
+        // read. Offer it once and let the socket go.
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(text),
+        };
+        let _ = ws.close(Some(frame)).now_or_never();
+        return;
     }
     close_with(ws, code, text).await;
 }
@@ -380,6 +423,8 @@ where
     async fn run(&mut self) -> (CloseReason, Duration) {
         let started = Instant::now();
         let reason = self.serve().await;
+        // What the room queued will not be written now: free it at once.
+        self.out = Writer::default();
         // Free the id first, then say goodbye on the wire.
         let leave = RoomCmd::Leave {
             id: Arc::clone(&self.id),
@@ -415,7 +460,7 @@ where
                     let mut frame = frame;
                     let mut handled: u8 = 1;
                     loop {
-                        let forwarded = match self.read(frame) {
+                        let forwarded = match self.handle_frame(frame) {
                             Ok(None) => Ok(()),
                             Ok(Some(cmd)) => forward(&self.room, cmd).await,
                             Err(why) => Err(why),
@@ -465,13 +510,17 @@ where
     /// a write waits for the socket, so pongs, heartbeats and the close of a peer on a slow
     /// link are seen however long its writes take.
     fn poll_event(&mut self, cx: &mut Context<'_>, timer: &mut Timer<'_>) -> Poll<Event> {
-        let written = self.ws.get_ref().written();
         let blocked = match self.poll_write(cx) {
             Ok(blocked) => blocked,
             Err(why) => return Poll::Ready(Event::Close(why)),
         };
-        if self.ws.get_ref().written() != written && self.out.stalled_since.take().is_some() {
-            // A socket that was full took bytes again: the peer is reading.
+        // Only the low bits are kept (the difference is what matters, and it stays small).
+        let written = self.ws.get_ref().written() as u32;
+        if self.out.stalled_since.is_some()
+            && written.wrapping_sub(self.out.stall_mark) >= MIN_PROGRESS
+        {
+            // A socket that was full took a fragment's worth again: the peer is reading.
+            self.out.stalled_since = None;
             self.answer_probes();
         }
         if blocked {
@@ -486,6 +535,7 @@ where
             if self.out.stalled_since.is_none() {
                 let now = Instant::now();
                 self.out.stalled_since = Some(now);
+                self.out.stall_mark = written;
                 timer.bring_forward(now + self.shared.config.write_timeout);
             }
         } else {
@@ -556,7 +606,7 @@ where
     /// Handles one inbound frame (or the end of the stream), read at `last_seen`; returns
     /// what to send the room. Synchronous on purpose: the hot path never holds a send future
     /// in the task's state.
-    fn read(
+    fn handle_frame(
         &mut self,
         frame: Option<Result<Message, WsError>>,
     ) -> Result<Option<RoomCmd>, CloseReason> {
@@ -667,7 +717,7 @@ where
             protocol::relay_frame_locating_dst(kind, &self.id, &dst, frame.payload);
         let mut frame = Utf8Bytes::from(text);
         // Straight to a connected member, unless one of ours is still on its way through
-        // the room (it must not be overtaken).
+        // the room: the per-sender order rule (docs/ARCHITECTURE.md, "Per-sender order").
         if !self.link.rx.has_in_flight() {
             match self.room.try_deliver(&dst, frame) {
                 Ok(()) => {
@@ -733,13 +783,20 @@ struct Writer {
     sent: usize,
     /// The charge of the batch taken from the outbox, given back once it is flushed.
     charged: usize,
-    /// Since when the socket has refused bytes without taking any (for `--write-timeout`).
+    /// Since when the socket has refused bytes without taking [`MIN_PROGRESS`] of them (for
+    /// `--write-timeout`), and how much had been written then.
     stalled_since: Option<Instant>,
+    stall_mark: u32,
     /// A ping is owed for probes taken from the outbox.
     ping: bool,
     /// Pieces were handed to the WebSocket and not flushed yet.
     unflushed: bool,
 }
+
+/// What a stalled socket must take to count as read from again: a peer that trickles a byte
+/// now and then to keep a megabyte backlog alive is still a slow reader, while a slow link
+/// (even 2 KB/s) passes this well within `--write-timeout`.
+const MIN_PROGRESS: u32 = 16 * 1024;
 
 /// Frames larger than this go out as fragments of at most this many bytes: the WebSocket's
 /// write buffer (which never shrinks) stays small, a slow reader costs no copying of a large

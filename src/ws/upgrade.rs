@@ -2,7 +2,7 @@
 //! session.
 //!
 //! The handshake checks and their answers mirror the `ws` library under peerjs-server
-//! (reference §1.2): 405 for a non-GET, 400 for a bad upgrade, key or version, and 400
+//! (docs/PROTOCOL.md §1.2): 405 for a non-GET, 400 for a bad upgrade, key or version, and 400
 //! "Bad Request" for any path but the exact `{path}peerjs`. peerjsd adds: 503 while draining,
 //! 403 for an Origin outside `--cors`, 429 past `--max-connections-per-ip`. Everything else
 //! (missing parameters, wrong key, taken id…) is answered after the upgrade, in-band, as the

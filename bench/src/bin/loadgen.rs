@@ -6,6 +6,7 @@
 //! `{"type":"OPEN"}`, sends `{"type":"HEARTBEAT"}` every 5 s per peer, and OFFER / ANSWER /
 //! CANDIDATE messages shaped like the client's (see `peerjsd_bench::msg`), each tagged with a
 //! sequence number and its send time so the receiver checks order, loss and one-way latency.
+//! With `--auth-secret` every connection's token is a join token signed for its id instead.
 //!
 //! One thread (`current_thread` runtime + `LocalSet`): the driver pins the load generator to
 //! one core, and shared counters are plain `Cell`/`RefCell`. Server CPU and memory are read
@@ -32,6 +33,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::future::join_all;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use peerjsd_bench::jwt::Signer;
 use peerjsd_bench::msg::{self, Frame, Kind, Relayed};
 use peerjsd_bench::procfs::{self, CpuClock};
 use peerjsd_bench::report::LoadReport;
@@ -98,6 +100,10 @@ struct Args {
     /// Heartbeat interval per peer, ms (the client's default pingInterval).
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
+    /// The server runs `--auth-secret` with this secret: every connection presents a join
+    /// token signed with it for its id (and, with --rooms-token, its room).
+    #[arg(long)]
+    auth_secret: Option<String>,
     /// relay: flush replies after this many handled frames, so that the server starts on
     /// them while the load generator is still reading (0: once per batch read).
     #[arg(long, default_value_t = 0)]
@@ -138,6 +144,8 @@ struct Ctx {
     /// Churn workers and room slots still running (the drain waits for them).
     active: Cell<usize>,
     rng: RefCell<Rng>,
+    /// Signs join tokens (`--auth-secret`).
+    signer: Option<Signer>,
     st: RefCell<Stats>,
 }
 
@@ -189,8 +197,19 @@ impl Ctx {
         }
     }
 
-    fn token(&self) -> String {
-        self.rng.borrow_mut().token()
+    /// The token `id` connects with: a signed join token when the server checks them (for
+    /// `room` in room mode), else the room name in room mode, else a PeerJS-like random one.
+    fn token(&self, id: &str, room: Option<&str>) -> String {
+        match (&self.signer, room) {
+            (Some(signer), room) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                signer.token(id, room, now + 3600)
+            }
+            (None, Some(room)) => room.to_owned(),
+            (None, None) => self.rng.borrow_mut().token(),
+        }
     }
 
     /// A heartbeat timer: first beat one interval after OPEN, as the client does, plus a
@@ -257,6 +276,7 @@ async fn run(args: Args) -> LoadReport {
         stopping: Cell::new(false),
         active: Cell::new(0),
         rng: RefCell::new(Rng::from_entropy()),
+        signer: args.auth_secret.as_deref().map(Signer::new),
         st: RefCell::new(Stats {
             sent: 0,
             received: 0,
@@ -357,7 +377,7 @@ async fn connect_all(ctx: &Rc<Ctx>, ids: &[String]) -> Result<Vec<Ws>, String> {
         .map(|id| {
             let ctx = ctx.clone();
             async move {
-                let token = ctx.token();
+                let token = ctx.token(id, None);
                 connect(&ctx, id, &token)
                     .await
                     .map_err(|e| format!("{id}: {e}"))
@@ -682,7 +702,7 @@ async fn idle(ctx: Rc<Ctx>) -> Result<LoadReport, String> {
             let connected = connected.clone();
             async move {
                 let id = format!("i{i}");
-                let token = ctx.token();
+                let token = ctx.token(&id, None);
                 match connect(&ctx, &id, &token).await {
                     Ok(ws) => {
                         connected.set(connected.get() + 1);
@@ -724,7 +744,7 @@ async fn churn(ctx: Rc<Ctx>) -> Result<LoadReport, String> {
             let mut n = 0usize;
             while !ctx.stopping.get() {
                 let id = format!("c{w}n{n}");
-                let token = ctx.token();
+                let token = ctx.token(&id, None);
                 let hub = &hubs[(w + n) % hubs.len()];
                 n += 1;
                 let mut ws = match connect(&ctx, &id, &token).await {
@@ -780,11 +800,13 @@ async fn rooms(ctx: Rc<Ctx>) -> Result<LoadReport, String> {
 }
 
 async fn room(ctx: &Rc<Ctx>, name: &str) -> Result<(), String> {
-    let (ids, tokens): (Vec<String>, Vec<String>) = if ctx.args.rooms_token {
-        (0..4).map(|i| (format!("p{i}"), name.to_string())).unzip()
+    let ids: Vec<String> = if ctx.args.rooms_token {
+        (0..4).map(|i| format!("p{i}")).collect()
     } else {
-        (0..4).map(|i| (format!("{name}p{i}"), ctx.token())).unzip()
+        (0..4).map(|i| format!("{name}p{i}")).collect()
     };
+    let room = ctx.args.rooms_token.then_some(name);
+    let tokens: Vec<String> = ids.iter().map(|id| ctx.token(id, room)).collect();
     let joined = join_all(ids.iter().zip(&tokens).map(|(id, t)| connect(ctx, id, t))).await;
     let mut wss = Vec::with_capacity(4);
     for j in joined {
