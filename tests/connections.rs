@@ -450,3 +450,45 @@ async fn concurrent_scrapes_share_one_read_of_the_process_figures() {
         "{reads} reads of /proc for 50 scrapes in {elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_head_is_in_its_handshake_until_it_ends_however_long() {
+    let server = TestServer::with(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let start = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    // More headers than the short path parses; longer than it parses.
+    let many: String = (0..40).map(|i| format!("X-Many-{i}: v\r\n")).collect();
+    let long = format!("X-Long: {}\r\n", "v".repeat(12 * 1024));
+    for (n, headers) in [many, long].iter().enumerate() {
+        // Never finished: the handshake deadline ends it, without an answer (hyper, had it
+        // been handed the head, would have been the one to end it, and not counted it).
+        let mut unfinished = TcpStream::connect(server.addr).await.unwrap();
+        unfinished
+            .write_all(format!("{start}{headers}").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_to_close(&mut unfinished).await, "");
+        assert_eq!(
+            server.shared.metrics.rejected(Rejection::HandshakeTimeout),
+            n as u64 + 1
+        );
+        // Finished: served, and out of the handshake table.
+        let mut finished = TcpStream::connect(server.addr).await.unwrap();
+        finished
+            .write_all(format!("{start}{headers}\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut finished).await.starts_with("HTTP/1.1 200"));
+        server
+            .until("out of the handshake table", |s| s.gate.handshakes() == 0)
+            .await;
+    }
+
+    // A head that never ends is read up to 64 KiB, then hyper answers 431.
+    let mut endless = TcpStream::connect(server.addr).await.unwrap();
+    let filler = format!("X-Filler: {}\r\n", "v".repeat(1000));
+    endless
+        .write_all(format!("{start}{}", filler.repeat(70)).as_bytes())
+        .await
+        .unwrap();
+    assert!(read_to_close(&mut endless).await.starts_with("HTTP/1.1 431"));
+}
