@@ -477,7 +477,11 @@ async fn a_head_is_in_its_handshake_until_it_ends_however_long() {
             .write_all(format!("{start}{headers}\r\n").as_bytes())
             .await
             .unwrap();
-        assert!(read_to_close(&mut finished).await.starts_with("HTTP/1.1 200"));
+        assert!(
+            read_to_close(&mut finished)
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
         server
             .until("out of the handshake table", |s| s.gate.handshakes() == 0)
             .await;
@@ -490,5 +494,9 @@ async fn a_head_is_in_its_handshake_until_it_ends_however_long() {
         .write_all(format!("{start}{}", filler.repeat(70)).as_bytes())
         .await
         .unwrap();
-    assert!(read_to_close(&mut endless).await.starts_with("HTTP/1.1 431"));
+    assert!(
+        read_to_close(&mut endless)
+            .await
+            .starts_with("HTTP/1.1 431")
+    );
 }
