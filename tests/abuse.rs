@@ -25,8 +25,9 @@
 //! Asserted, collected and reported together at the end: every honest message arrives in
 //! order within 1 s (a queued one within `--expire-timeout`, one behind the slow holder's
 //! ~1 MiB within 10 s), none is lost or answered with EXPIRE, no honest socket is closed,
-//! `/health` answers within 1 s throughout, the slow holder keeps its id, the server never
-//! exits, its RSS stays under a bound derived from its flags and its descriptors under one
+//! `/health` answers within 1 s throughout, the slow holder keeps its id, no attacker holds
+//! more of the offline queue than its share, clients that never read are let go within
+//! seconds of `--write-timeout`, the server never exits, its RSS stays under a bound derived from its flags and its descriptors under one
 //! derived from `--max-tcp-per-ip` (see [`Bounds`]), and once the attackers have closed both
 //! fall back to the baseline (RSS within [`RECOVERY_MARGIN`]).
 //!
@@ -93,6 +94,11 @@ const RETRY: Duration = Duration::from_secs(1);
 /// with thousands refused at once, this paces the reconnects (~1,000 a second in the short
 /// form) so that the refusals' cost stays modest on two cores.
 const HALF_OPEN_RETRY: Duration = Duration::from_secs(2);
+/// Beyond `--write-timeout`, how long until a client that never reads must have been let go:
+/// eviction itself, then for (a) the sender's next OFFERs using up its queue share so the
+/// EXPIRE comes back (a fraction of a second at the rate limit), and for (c) the next write
+/// failing (a second or two).
+const LET_GO_SLACK: Duration = Duration::from_secs(5);
 /// Timeline period.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// Honest traffic period: each honest peer sends two messages per period.
@@ -414,11 +420,16 @@ struct Limits {
     /// Honest peers send ~1.5 messages a second and a heartbeat every 5 s.
     rate_limit: u32,
     max_connections_per_ip: usize,
+    /// Above what all the attackers' shares add up to (28 × 512 KiB in the short form): a
+    /// fixed share per sender keeps room for honest senders only while that holds. (Enough
+    /// sybils — senders × share over the budget — would fill it; that is beyond this test.)
     max_queued_bytes: usize,
     max_queue_per_peer: usize,
     outbound_queue: usize,
     /// Longer than the short attack: non-readers must go by the write deadline, not this.
     alive_timeout: Duration,
+    /// The default. At the rate limit, each big-OFFER attacker then has 25 × 256 KiB queued
+    /// (if the server lets it): together over `max_queued_bytes`.
     expire_timeout: Duration,
     handshake_timeout: Duration,
     /// The default. With a 256 KiB frame in flight at 256 KB/s a ping reaches the slow holder
@@ -442,16 +453,16 @@ impl Limits {
             max_message_size: 256 * 1024,
             rate_limit: 5,
             max_connections_per_ip: 16,
-            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_bytes: 16 * 1024 * 1024,
             max_queue_per_peer: 16,
             outbound_queue: 256,
             alive_timeout: Duration::from_secs(30),
-            expire_timeout: Duration::from_secs(2),
+            expire_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(2),
             probe_timeout: Duration::from_millis(1500),
             max_outbound_bytes: 1536 * 1024,
             write_timeout: Duration::from_secs(2),
-            max_queued_bytes_per_sender: 1024 * 1024,
+            max_queued_bytes_per_sender: 512 * 1024,
             max_queue_per_sender: 32,
             max_tcp_per_ip: 24,
             max_handshakes: 512,
@@ -956,7 +967,7 @@ impl Run {
             ),
             None => eprintln!("after the attack: the server had exited"),
         }
-        eprintln!("attacks: {}", self.stats.totals());
+        eprintln!("attacks: {}", self.stats.totals(self.mode));
     }
 
     /// Fails the test with everything that did not hold.
@@ -1027,6 +1038,17 @@ impl Run {
             self.filler
         )
         .into()
+    }
+
+    /// The length of [`Run::big_offer`]'s frames (to a made-up id of up to 16 characters).
+    fn big_offer_len(&self) -> usize {
+        self.big_offer("0123456789abcdef").len()
+    }
+
+    /// How soon a client that never reads must be let go: `--write-timeout`, and
+    /// [`LET_GO_SLACK`] to notice.
+    fn let_go_within(&self) -> Duration {
+        self.limits.write_timeout + LET_GO_SLACK
     }
 
     /// A ticker at the rate limit (a little under it).
@@ -1132,7 +1154,10 @@ struct Stats {
     d_answers: AtomicU64,
     e_big: AtomicU64,
     e_tiny: AtomicU64,
-    e_expired: AtomicU64,
+    /// The most large OFFERs one attacker had queued at once.
+    e_most_queued: AtomicU64,
+    /// EXPIREs the attackers received (a's senders, e's).
+    expired: AtomicU64,
     f_rounds: AtomicU64,
     f_refused: AtomicU64,
     g_members: AtomicI64,
@@ -1140,12 +1165,25 @@ struct Stats {
 }
 
 impl Stats {
+    /// What the timeline's attack columns mean.
+    fn legend(mode: Mode) -> &'static str {
+        match mode {
+            Mode::Global => {
+                "attacks: (a) MB pushed at non-readers, receivers opened | (b) half-open held | \
+                 (c) pipelining connections held | (d) scrapes answered | (e) large+tiny OFFERs \
+                 to made-up ids | EXPIREs to attackers | (f) hijacks refused/tried | connections \
+                 refused or failed"
+            }
+            Mode::Rooms => "attacks: (g) members holding, churns | connections refused or failed",
+        }
+    }
+
     fn timeline(&self, mode: Mode) -> String {
         let n = |c: &AtomicU64| c.load(Relaxed);
         let g = |c: &AtomicI64| c.load(Relaxed);
         match mode {
             Mode::Global => format!(
-                "a {:4.0} MB {:3} rcv | b {:5} | c {:4} | d {:6} | e {:4}+{:5} exp {:5} | f {}/{} | refused {}",
+                "a {:4.0} MB {:3} | b {:5} | c {:4} | d {:6} | e {:4}+{:5} | exp {:5} | f {}/{} | {}",
                 n(&self.a_bytes) as f64 / 1e6,
                 n(&self.a_receivers),
                 g(&self.b_held),
@@ -1153,13 +1191,13 @@ impl Stats {
                 n(&self.d_answers),
                 n(&self.e_big),
                 n(&self.e_tiny),
-                n(&self.e_expired),
+                n(&self.expired),
                 n(&self.f_refused),
                 n(&self.f_rounds),
                 n(&self.refused),
             ),
             Mode::Rooms => format!(
-                "g members {:5}, churns {:6} | refused {}",
+                "g {:5} {:6} | {}",
                 g(&self.g_members),
                 n(&self.g_churns),
                 n(&self.refused)
@@ -1167,26 +1205,34 @@ impl Stats {
         }
     }
 
-    fn totals(&self) -> String {
+    fn totals(&self, mode: Mode) -> String {
         let n = |c: &AtomicU64| c.load(Relaxed);
-        format!(
-            "(a) {:.0} MB pushed at {} non-readers; (b) {} half-open dropped by the server; \
-             (c) {} pipelining connections dropped; (d) {} scrapes answered; (e) {} large and \
-             {} tiny OFFERs to made-up ids, {} EXPIREs; (f) {} of {} hijacks refused; \
-             (g) {} churns; {} connections refused or failed",
-            n(&self.a_bytes) as f64 / 1e6,
-            n(&self.a_receivers),
-            n(&self.b_dropped),
-            n(&self.c_dropped),
-            n(&self.d_answers),
-            n(&self.e_big),
-            n(&self.e_tiny),
-            n(&self.e_expired),
-            n(&self.f_refused),
-            n(&self.f_rounds),
-            n(&self.g_churns),
-            n(&self.refused),
-        )
+        match mode {
+            Mode::Global => format!(
+                "(a) {:.0} MB pushed at {} non-readers; (b) {} half-open dropped by the server; \
+                 (c) {} pipelining connections dropped; (d) {} scrapes answered; (e) {} large \
+                 and {} tiny OFFERs to made-up ids, at most {} large ones queued for one \
+                 attacker; {} EXPIREs to attackers; (f) {} of {} hijacks refused; {} connections \
+                 refused or failed",
+                n(&self.a_bytes) as f64 / 1e6,
+                n(&self.a_receivers),
+                n(&self.b_dropped),
+                n(&self.c_dropped),
+                n(&self.d_answers),
+                n(&self.e_big),
+                n(&self.e_tiny),
+                n(&self.e_most_queued),
+                n(&self.expired),
+                n(&self.f_refused),
+                n(&self.f_rounds),
+                n(&self.refused),
+            ),
+            Mode::Rooms => format!(
+                "(g) {} churns; {} connections refused or failed",
+                n(&self.g_churns),
+                n(&self.refused)
+            ),
+        }
     }
 }
 
@@ -1250,7 +1296,8 @@ impl Drop for Held {
 ///     (a frame being read),
 ///   + pipelining and scraping connections × [`HTTP_CONNECTION_BUFFERS`],
 ///   + `--max-handshakes` × [`HANDSHAKE_BUFFERS`],
-///   + [`QUEUE_FACTOR`] × `--max-queued-bytes`.
+///   + [`QUEUE_FACTOR`] × min(`--max-queued-bytes`, sending attackers ×
+///     `--max-queued-bytes-per-sender`).
 ///
 /// fds ≤ baseline + attacking addresses (127.0.0.1, the 50, the hijacker's) ×
 /// `--max-tcp-per-ip`: every attacking connection counts against its address, before and after
@@ -1290,6 +1337,9 @@ impl Bounds {
         }
         let message = limits.max_message_size as u64;
         let outbound = limits.max_outbound_bytes as u64;
+        // Only the attacking WebSockets that send (not a's receivers) can queue.
+        let queued = (limits.max_queued_bytes as u64)
+            .min(counts.other_websockets() * limits.max_queued_bytes_per_sender as u64);
         let terms = [
             (
                 format!(
@@ -1328,10 +1378,12 @@ impl Bounds {
             ),
             (
                 format!(
-                    "{QUEUE_FACTOR} × {} offline queue",
-                    kib(limits.max_queued_bytes as u64)
+                    "{QUEUE_FACTOR} × min({} offline queue, {} senders × {} each)",
+                    kib(limits.max_queued_bytes as u64),
+                    counts.other_websockets(),
+                    kib(limits.max_queued_bytes_per_sender as u64)
                 ),
-                QUEUE_FACTOR * limits.max_queued_bytes as u64,
+                QUEUE_FACTOR * queued,
             ),
         ];
         let rss = baseline_rss + terms.iter().map(|(_, bytes)| bytes).sum::<u64>();
@@ -1375,6 +1427,12 @@ fn kib(bytes: u64) -> String {
 /// bounds. A server that exited fails the run; one far over its bound stops the attack.
 async fn sample(run: Arc<Run>, stop: CancellationToken) {
     let mut tick = interval(SAMPLE_EVERY);
+    eprintln!(
+        "timeline: seconds, phase, the server's RSS and fds, attacking sockets open here | \
+         slowest /health since the last line | honest messages delivered since the last line, \
+         the slowest relayed | {}",
+        Stats::legend(run.mode)
+    );
     eprintln!("     t phase        RSS     fds  sockets | health | honest, max latency | attacks");
     loop {
         tokio::select! {
@@ -2029,7 +2087,7 @@ impl AttackPeer {
                 if !text.contains("\"EXPIRE\"") {
                     continue;
                 }
-                counted.stats.e_expired.fetch_add(1, Relaxed);
+                counted.stats.expired.fetch_add(1, Relaxed);
                 let Ok(frame) = serde_json::from_str::<Value>(&text) else {
                     continue;
                 };
@@ -2072,10 +2130,12 @@ async fn send_frame(
 /// (a) A receiver that completes the handshake, reads OPEN and never reads again (2 KB
 /// receive buffer), and a sender that pushes it OFFERs of nearly `--max-message-size` as fast
 /// as the rate limit allows. The sender reads: an EXPIRE for the receiver means the server
-/// let it go, and a new receiver takes its place.
+/// let it go, and a new receiver takes its place; none within [`Run::let_go_within`] is a
+/// failure.
 async fn non_reader_pair(run: Arc<Run>, from: IpAddr, k: usize) {
     let mut sender: Option<AttackPeer> = None;
     let mut senders = 0;
+    let mut reported = false;
     let mut pace = run.pace();
     for generation in 0.. {
         if run.attack.is_cancelled() {
@@ -2092,6 +2152,7 @@ async fn non_reader_pair(run: Arc<Run>, from: IpAddr, k: usize) {
             return;
         };
         run.stats.a_receivers.fetch_add(1, Relaxed);
+        let opened = Instant::now();
         let frame = run.big_offer(&receiver_id);
         loop {
             if sender.is_none() {
@@ -2122,6 +2183,17 @@ async fn non_reader_pair(run: Arc<Run>, from: IpAddr, k: usize) {
             }
             if lost {
                 sender = None;
+            }
+            if !reported && opened.elapsed() > run.let_go_within() {
+                reported = true;
+                run.checks.fail(
+                    "slow readers",
+                    format!(
+                        "a receiver that never reads is still registered {:.0?} after its OPEN \
+                         (its sender got no EXPIRE for it)",
+                        opened.elapsed()
+                    ),
+                );
             }
         }
         drop(receiver);
@@ -2176,36 +2248,59 @@ async fn half_open(run: Arc<Run>, from: IpAddr) {
 
 /// (c) Every second a new connection (2 KB receive buffer, up to `cap` of them) pipelines
 /// hundreds of `GET /` and never reads; every connection keeps pipelining more as the server
-/// takes them. One the server closed fails its next writes and is let go.
+/// takes them. One the server closed fails its next writes and is let go; one still open
+/// after [`Run::let_go_within`] is a failure.
 async fn pipelined_gets(run: Arc<Run>, from: IpAddr, cap: usize) {
     let batch = "GET / HTTP/1.1\r\nHost: peerjsd\r\n\r\n".repeat(400);
     let batch = batch.as_bytes();
-    // A connection and how far into the endless repetition of `batch` it has written.
-    let mut held: Vec<(TcpStream, usize, Held)> = Vec::new();
+    let mut held: Vec<Pipelining> = Vec::new();
+    let mut reported = false;
     let mut tick = interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = run.attack.cancelled() => return,
             _ = tick.tick() => {}
         }
-        held.retain_mut(
-            |(stream, written, _)| match pipeline(stream, batch, written) {
-                Ok(()) => true,
-                Err(_) => {
-                    run.stats.c_dropped.fetch_add(1, Relaxed);
-                    false
-                }
-            },
-        );
+        held.retain_mut(|c| match pipeline(&c.stream, batch, &mut c.written) {
+            Ok(()) => true,
+            Err(_) => {
+                run.stats.c_dropped.fetch_add(1, Relaxed);
+                false
+            }
+        });
+        let oldest = held.iter().map(|c| c.opened.elapsed()).max();
+        if !reported && let Some(oldest) = oldest.filter(|age| *age > run.let_go_within()) {
+            reported = true;
+            run.checks.fail(
+                "slow readers",
+                format!(
+                    "a connection that never reads its responses is still open after {oldest:.0?}"
+                ),
+            );
+        }
         if held.len() < cap
             && let Some(stream) = run.connect(from, Some(TINY_RCVBUF)).await
         {
             let mut written = 0;
             if pipeline(&stream, batch, &mut written).is_ok() {
-                held.push((stream, written, Held::new(&run, Gauge::Pipelined)));
+                held.push(Pipelining {
+                    stream,
+                    written,
+                    opened: Instant::now(),
+                    _held: Held::new(&run, Gauge::Pipelined),
+                });
             }
         }
     }
+}
+
+/// One of (c)'s connections.
+struct Pipelining {
+    stream: TcpStream,
+    /// How far into the endless repetition of the batch it has written.
+    written: usize,
+    opened: Instant,
+    _held: Held,
 }
 
 /// Writes as much of the repetition of `batch` as the socket takes now, from `written` on.
@@ -2270,9 +2365,13 @@ fn count_responses(carry: &mut Vec<u8>, data: &[u8]) -> u64 {
 }
 
 /// (e) Large OFFERs (nearly `--max-message-size`) to made-up ids at the rate limit, up to 32
-/// unanswered: each EXPIRE lets another go.
+/// unanswered: each EXPIRE lets another go. An OFFER with no EXPIRE after a second is queued
+/// (one over the sender's share is answered at once): the sender's queued bytes and messages
+/// must stay within `--max-queued-bytes-per-sender` and `--max-queue-per-sender`.
 async fn queue_big(run: Arc<Run>, from: IpAddr, k: usize) {
     let mut pace = run.pace();
+    let frame_len = run.big_offer_len();
+    let mut over_share = false;
     for generation in 0.. {
         let Some(mut attacker) = AttackPeer::open(&run, from, &format!("qb{k}g{generation}")).await
         else {
@@ -2281,20 +2380,24 @@ async fn queue_big(run: Arc<Run>, from: IpAddr, k: usize) {
             }
             return;
         };
-        let mut outstanding = 0;
+        // Made-up ids sent to and not yet answered with EXPIRE, with when they were sent.
+        let mut outstanding: HashMap<String, Instant> = HashMap::new();
         for n in 0.. {
             let AttackPeer { sink, expired, .. } = &mut attacker;
             let mut lost = false;
             tokio::select! {
                 _ = run.attack.cancelled() => return,
                 gone = expired.recv() => match gone {
-                    Some(_) => outstanding -= 1,
+                    Some(dst) => {
+                        outstanding.remove(&dst);
+                    }
                     None => lost = true,
                 },
-                _ = pace.tick(), if outstanding < 32 => {
-                    let frame = run.big_offer(&format!("ghost{k}g{generation}n{n}"));
+                _ = pace.tick(), if outstanding.len() < 32 => {
+                    let dst = format!("ghost{k}g{generation}n{n}");
+                    let frame = run.big_offer(&dst);
                     if send_frame(sink, &frame).await {
-                        outstanding += 1;
+                        outstanding.insert(dst, Instant::now());
                         run.stats.e_big.fetch_add(1, Relaxed);
                     } else {
                         lost = true;
@@ -2303,6 +2406,29 @@ async fn queue_big(run: Arc<Run>, from: IpAddr, k: usize) {
             }
             if lost {
                 break;
+            }
+            let queued = outstanding
+                .values()
+                .filter(|sent| sent.elapsed() > Duration::from_secs(1))
+                .count();
+            run.stats.e_most_queued.fetch_max(queued as u64, Relaxed);
+            let bytes = queued * frame_len;
+            let limits = &run.limits;
+            if !over_share
+                && (bytes > limits.max_queued_bytes_per_sender
+                    || queued > limits.max_queue_per_sender)
+            {
+                over_share = true;
+                run.checks.fail(
+                    "queue",
+                    format!(
+                        "an attacker has {queued} OFFERs ({} KiB) queued for made-up ids, over its \
+                         share ({} KiB, {} messages)",
+                        bytes / 1024,
+                        limits.max_queued_bytes_per_sender / 1024,
+                        limits.max_queue_per_sender
+                    ),
+                );
             }
         }
     }
