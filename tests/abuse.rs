@@ -128,7 +128,7 @@ const RECOVERY_TIME: Duration = Duration::from_secs(10);
 /// and this machine is shared.
 const BREAKER: u64 = 3;
 
-/// Test runs one at a time: both load the machine.
+/// Held by the run under way (see [`Run::start`]).
 static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------
@@ -136,10 +136,7 @@ static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_load_in_global_mode() {
-    let _one_at_a_time = ONE_RUN.lock().await;
-    let settings = Settings::from_env();
-    let counts = Counts::new(settings.scale);
-    let run = Run::start(Limits::global(), settings, Mode::Global).await;
+    let run = Run::start(Mode::Global).await;
 
     // Honest peers: 20 pairs, one offline-and-back peer with its partner, the slow holder and
     // its partner, each pair on an address of its own.
@@ -181,54 +178,39 @@ async fn hostile_load_in_global_mode() {
     let mut honest = JoinSet::new();
     for (i, (a, b)) in peers.iter().enumerate() {
         let offset = TALK_EVERY.mul_f64(i as f64 / HONEST_PAIRS as f64);
-        honest.spawn(talk(
-            run.clone(),
-            a.clone(),
-            b.id.clone(),
-            [Kind::Offer, Kind::Candidate],
-            offset,
-        ));
-        honest.spawn(talk(
-            run.clone(),
-            b.clone(),
-            a.id.clone(),
-            [Kind::Answer, Kind::Candidate],
-            offset,
-        ));
+        let directions = [
+            (a, b, [Kind::Offer, Kind::Candidate]),
+            (b, a, [Kind::Answer, Kind::Candidate]),
+        ];
+        for (from, to, kinds) in directions {
+            honest.spawn(talk(
+                run.clone(),
+                from.clone(),
+                to.id.clone(),
+                kinds,
+                offset,
+            ));
+        }
     }
-    let offline = tokio::spawn(offline_peer_cycle(
+    honest.spawn(offline_peer_cycle(
         run.clone(),
-        offline_sender.clone(),
+        offline_sender,
         offline_peer,
         offline_from,
         offline_token,
     ));
 
-    let bounds = run.baseline(&counts).await;
+    let bounds = run.baseline().await;
     run.set_phase("attack");
-    let mut attacks = launch_global_attacks(&run, &counts);
-    attacks.spawn(hijack_slow_holder(
-        run.clone(),
-        holder_read,
-        holder_partner.clone(),
-    ));
-    run.attack_for(settings.seconds, attacks).await;
-
-    run.set_phase("after");
-    run.finish_honest(honest).await;
-    let _ = offline.await;
-    let recovery = run.recover(&bounds).await;
-    watchers.stop().await;
-    run.summary(&bounds, recovery.as_ref());
-    run.assert_all_held();
+    let mut attacks = launch_global_attacks(&run);
+    attacks.spawn(hijack_slow_holder(run.clone(), holder_read, holder_partner));
+    run.attack_for(run.settings.seconds, attacks).await;
+    run.wrap_up(honest, watchers, &bounds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_load_in_room_mode() {
-    let _one_at_a_time = ONE_RUN.lock().await;
-    let settings = Settings::from_env();
-    let counts = Counts::new(settings.scale);
-    let run = Run::start(Limits::rooms(), settings, Mode::Rooms).await;
+    let run = Run::start(Mode::Rooms).await;
 
     // Honest rooms of 4: each player talks to the next one in its room.
     let mut players = Vec::new();
@@ -256,28 +238,23 @@ async fn hostile_load_in_room_mode() {
         }
     }
 
-    let bounds = run.baseline(&counts).await;
+    let bounds = run.baseline().await;
     run.set_phase("joining");
-    let members = join_non_readers(&run, counts.room_members).await;
+    let members = join_non_readers(&run, run.counts.room_members).await;
     eprintln!(
         "{} of {} members of room \"big\" joined and stopped reading",
         members.len(),
-        counts.room_members
+        run.counts.room_members
     );
     run.set_phase("churn");
     let mut attacks = JoinSet::new();
-    for k in 0..counts.churners {
+    for k in 0..run.counts.churners {
         attacks.spawn(churn(run.clone(), churner_addr(k), k));
     }
-    run.attack_for((settings.seconds / 2).max(5), attacks).await;
+    run.attack_for((run.settings.seconds / 2).max(5), attacks)
+        .await;
     drop(members);
-
-    run.set_phase("after");
-    run.finish_honest(honest).await;
-    let recovery = run.recover(&bounds).await;
-    watchers.stop().await;
-    run.summary(&bounds, recovery.as_ref());
-    run.assert_all_held();
+    run.wrap_up(honest, watchers, &bounds).await;
 }
 
 /// Honest pairs in the global run.
@@ -288,7 +265,8 @@ const HONEST_ROOMS: usize = 5;
 const HOLDER: &str = "holder";
 
 /// Starts every global-mode attack but (f), which needs the honest holder.
-fn launch_global_attacks(run: &Arc<Run>, counts: &Counts) -> JoinSet<()> {
+fn launch_global_attacks(run: &Arc<Run>) -> JoinSet<()> {
+    let counts = &run.counts;
     let mut attacks = JoinSet::new();
     for (k, from) in sources(counts.non_reader_pairs, 0) {
         attacks.spawn(non_reader_pair(run.clone(), from, k));
@@ -707,6 +685,8 @@ async fn http_get(from: IpAddr, server: SocketAddr, path: &str) -> Result<(u16, 
 struct Run {
     server: Server,
     limits: Limits,
+    settings: Settings,
+    counts: Counts,
     mode: Mode,
     t0: Instant,
     checks: Checks,
@@ -723,6 +703,8 @@ struct Run {
     /// Stops the honest senders (the honest peers stay connected).
     honest_traffic: CancellationToken,
     monitor: Mutex<Monitor>,
+    /// Held for the run: runs go one at a time, as both load the machine.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// What the sampler keeps.
@@ -744,7 +726,15 @@ struct Sample {
 }
 
 impl Run {
-    async fn start(limits: Limits, settings: Settings, mode: Mode) -> Arc<Run> {
+    /// Waits for any other run to end, then starts the server for `mode` with the settings
+    /// of the environment.
+    async fn start(mode: Mode) -> Arc<Run> {
+        let one_at_a_time = ONE_RUN.lock().await;
+        let settings = Settings::from_env();
+        let limits = match mode {
+            Mode::Global => Limits::global(),
+            Mode::Rooms => Limits::rooms(),
+        };
         let args = limits.args(settings);
         eprintln!(
             "\n== hostile load, {mode:?} mode: {settings:?}\npeerjsd {}",
@@ -771,6 +761,9 @@ impl Run {
                 ..Monitor::default()
             }),
             limits,
+            settings,
+            counts: Counts::new(settings.scale),
+            _one_at_a_time: one_at_a_time,
         })
     }
 
@@ -804,7 +797,7 @@ impl Run {
 
     /// Lets honest traffic run for 1.5 s, takes the baseline (the highest of its samples),
     /// and sets the bounds from it.
-    async fn baseline(&self, counts: &Counts) -> Bounds {
+    async fn baseline(&self) -> Bounds {
         self.set_phase("warm-up");
         let since = self.t0.elapsed().as_secs_f64();
         sleep(Duration::from_millis(1500)).await;
@@ -825,7 +818,7 @@ impl Run {
                 self.server.tail()
             );
         };
-        let bounds = Bounds::new(&self.limits, counts, rss, fds);
+        let bounds = Bounds::new(&self.limits, &self.counts, rss, fds);
         eprintln!("{}", bounds.derivation);
         self.monitor.lock().unwrap().bounds = Some(bounds.clone());
         bounds
@@ -847,6 +840,17 @@ impl Run {
             eprintln!("some attack tasks did not stop within 10 s: aborting them");
             attacks.shutdown().await;
         }
+    }
+
+    /// After the attack: honest traffic ends, the server recovers, what was measured is printed
+    /// and every check that failed fails the test.
+    async fn wrap_up(&self, honest: JoinSet<()>, watchers: Watchers, bounds: &Bounds) {
+        self.set_phase("after");
+        self.finish_honest(honest).await;
+        let recovery = self.recover(bounds).await;
+        watchers.stop().await;
+        self.summary(bounds, recovery.as_ref());
+        self.assert_all_held();
     }
 
     /// Honest traffic goes on for another second, then stops; every message sent must then
