@@ -7,7 +7,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use peerjsd::{Config, Server, Shared};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -638,4 +638,28 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlowLink<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Connects to `server` from the local address `local` (any of 127.0.0.0/8 works on Linux
+/// loopback, so per-IP limits see distinct clients). With `narrow_window`, the client is on a
+/// narrow link as over a real network: that receive buffer, and an Ethernet-sized MSS (1460)
+/// — with loopback's 64 KiB MSS the server's kernel would buffer megabytes for a client that
+/// stops reading, where over a network it buffers tens of kilobytes. Both are set before
+/// connecting, so the small window and MSS are advertised from the first segment.
+pub async fn tcp_connect_from(
+    local: IpAddr,
+    server: SocketAddr,
+    narrow_window: Option<u32>,
+) -> std::io::Result<TcpStream> {
+    let socket = if local.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(size) = narrow_window {
+        socket.set_recv_buffer_size(size)?;
+        socket2::SockRef::from(&socket).set_tcp_mss(1460)?;
+    }
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(server).await
 }
