@@ -10,8 +10,9 @@
 //!
 //! **Bounds.** The queue holds at most `frames` frames and `bytes` bytes (`--outbound-queue`,
 //! `--max-outbound-bytes`). A frame's bytes stay charged after the session takes it, until
-//! the session has written it to the socket and calls [`OutboxReceiver::release`], so the
-//! bound covers everything waiting for this peer in the server's memory, not just the queue.
+//! the session has handed all of it to the WebSocket (whose own buffer is small and bounded)
+//! and calls [`OutboxReceiver::release`], so the bound covers everything waiting for this peer
+//! in the server's memory, not just the queue.
 //! A push that would pass either bound is refused with [`SendError::Full`]: only a peer whose
 //! socket stopped taking bytes gets there (an honest reader drains as fast as it is written
 //! to; see `--write-timeout` in the session for a socket that stalls with little queued).

@@ -555,6 +555,17 @@ where
     /// between them), flushing once the batch is out. Returns whether the socket is refusing
     /// bytes (`true`) or everything was written and the outbox is empty (`false`).
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let written = self.write_pass(cx);
+        // Frames wholly handed to the WebSocket no longer count against the outbox's bound
+        // (the WebSocket's own buffer is bounded by MAX_WRITE_BUFFER): one lock per pass.
+        let handed = std::mem::take(&mut self.out.handed);
+        if handed > 0 {
+            self.link.rx.release(handed);
+        }
+        written
+    }
+
+    fn write_pass(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
         loop {
             while self.out.has_pieces() {
                 match self.ws.poll_ready_unpin(cx) {
@@ -576,7 +587,6 @@ where
                     Poll::Pending => return Ok(true),
                 }
                 self.out.unflushed = false;
-                self.link.rx.release(std::mem::take(&mut self.out.charged));
             }
             let mut probes = Vec::new();
             match self
@@ -588,7 +598,6 @@ where
                 Poll::Ready(Err(verdict)) => return Err(verdict),
                 Poll::Pending => return Ok(false),
             }
-            self.out.charged = self.out.frames.iter().map(outbox::charge).sum();
             if !probes.is_empty() {
                 self.probes.append(&mut probes);
                 self.out.ping = true;
@@ -781,8 +790,9 @@ struct Writer {
     frames: VecDeque<Utf8Bytes>,
     /// How much of the first frame has gone out in fragments (0: none).
     sent: usize,
-    /// The charge of the batch taken from the outbox, given back once it is flushed.
-    charged: usize,
+    /// The charge of frames wholly handed to the WebSocket in this write pass, given back to
+    /// the outbox at its end.
+    handed: usize,
     /// Since when the socket has refused bytes without taking [`MIN_PROGRESS`] of them (for
     /// `--write-timeout`), and how much had been written then.
     stalled_since: Option<Instant>,
@@ -818,6 +828,7 @@ impl Writer {
         }
         let frame = self.frames.front()?;
         if self.sent == 0 && frame.len() <= FRAGMENT {
+            self.handed += outbox::charge(frame);
             return self.frames.pop_front().map(Message::Text);
         }
         let payload = Bytes::from(frame.clone());
@@ -831,6 +842,7 @@ impl Writer {
         };
         let piece = Frame::message(payload.slice(start..end), OpCode::Data(opcode), last);
         if last {
+            self.handed += outbox::charge(frame);
             self.frames.pop_front();
             self.sent = 0;
         } else {
