@@ -5,7 +5,8 @@
 //! - [`config`]: command line, environment and config file, validated once into [`Config`].
 //! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server frames.
 //! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
-//! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes.
+//! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes, and the
+//!   TURN credentials of `GET {path}{key}/ice` (`--turn-secret`).
 //! - [`ws`]: the WebSocket handshake (a connection's first request head is read and checked
 //!   here, and an accepted upgrade needs no hyper), the read-ahead socket wrapper, and the
 //!   per-socket session task.

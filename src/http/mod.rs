@@ -6,6 +6,7 @@
 //! upgrade goes to [`crate::ws::upgrade::handle`] (as Node hands such requests to the `ws`
 //! library), everything else to the axum [`router`]. No business logic lives here.
 
+pub mod ice;
 pub mod ops;
 pub mod rest;
 
@@ -225,7 +226,11 @@ where
         signaling,
     } = conn;
     let service_shared = Arc::clone(&shared);
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        // The client's address, for handlers that limit per IP (`/ice`).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let response = if signaling && upgrade::is_upgrade(request.headers()) {
             Ok(upgrade::handle::<_, I>(request, &service_shared, peer))
         } else {

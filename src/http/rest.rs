@@ -1,5 +1,6 @@
 //! peerjs-server's REST API (reference §6): info, a fresh id, and the peer list; with
 //! `--issued-ids-only` the fresh id carries a MAC, with `--auth-secret` the list needs a token.
+//! With `--turn-secret`, also TURN credentials ([`super::ice`]), under the same CORS layer.
 
 use std::sync::Arc;
 
@@ -27,6 +28,9 @@ pub fn routes(config: &Config) -> Router<Arc<Shared>> {
         router = router
             .route(&format!("{base}{{key}}/id{suffix}"), get(id))
             .route(&format!("{base}{{key}}/peers{suffix}"), get(peers));
+    }
+    if let Some(ice) = super::ice::routes(config) {
+        router = router.merge(ice);
     }
     router.layer(cors(&config.cors))
 }
@@ -106,10 +110,7 @@ async fn peers(
     let signed_room;
     let key = match (&shared.auth, query.token.as_deref()) {
         (Some(auth), token) => {
-            let token = token
-                .filter(|t| !t.is_empty())
-                .or_else(|| bearer(&headers))
-                .unwrap_or_default();
+            let token = request_token(token, &headers).unwrap_or_default();
             let claims = match auth.check_request(token, auth.now()) {
                 Ok(claims) => claims,
                 Err(why) => return with_status(StatusCode::UNAUTHORIZED, why.message()),
@@ -142,6 +143,12 @@ async fn peers(
     let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
     let body = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
     with_type(body, "application/json; charset=utf-8")
+}
+
+/// The join token a REST request carries: a non-empty `?token=`, else an
+/// `Authorization: Bearer` header.
+pub(super) fn request_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+    query.filter(|t| !t.is_empty()).or_else(|| bearer(headers))
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
