@@ -450,7 +450,7 @@ impl Coturn {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
                 "coturn is not installed (no `turnserver` on PATH): apt-get install -y coturn \
-                 (.ci/run and e2e/setup.sh install it); these tests need a real TURN server"
+                 (.ci/run, scripts/test and e2e/setup.sh install it); these tests need a real TURN server"
             ),
             Err(e) => panic!("cannot start turnserver: {e}"),
         };
