@@ -418,31 +418,33 @@ impl Coturn {
             std::env::temp_dir().join(format!("peerjsd-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("turn.log");
-        let mut command = std::process::Command::new("turnserver");
-        // -c /dev/null: not /etc/turnserver.conf. -v: coturn logs each allocation and
-        // refusal with its username, which the tests read.
-        command.args(["-c", "/dev/null", "-v", "--use-auth-secret"]);
+        // The README's coturn configuration (use-auth-secret, a static-auth-secret line per
+        // secret, realm, ports), on loopback, plus what a test needs: peers on loopback, no
+        // TLS, a log of its own (`verbose`: coturn logs each allocation and refusal with its
+        // username, which the tests read), and no system paths.
+        let mut conf = format!(
+            "listening-ip=127.0.0.1\nlistening-port={port}\nrelay-ip=127.0.0.1\n\
+             min-port={min}\nmax-port={max}\nrealm=peerjsd.test\nuse-auth-secret\n",
+            max = min + 39
+        );
         for secret in secrets {
-            command.args(["--static-auth-secret", secret]);
+            conf.push_str(&format!("static-auth-secret={secret}\n"));
         }
+        conf.push_str(&format!(
+            "fingerprint\nno-cli\nno-multicast-peers\ndenied-peer-ip=10.0.0.0-10.255.255.255\n\
+             denied-peer-ip=172.16.0.0-172.31.255.255\ndenied-peer-ip=192.168.0.0-192.168.255.255\n\
+             no-tls\nno-dtls\nallow-loopback-peers\n\
+             verbose\nno-stdout-log\nsimple-log\nlog-file={}\npidfile={}\nuserdb={}\n",
+            log.display(),
+            dir.join("pid").display(),
+            dir.join("turndb").display()
+        ));
+        let conf_file = dir.join("turnserver.conf");
+        std::fs::write(&conf_file, conf).unwrap();
+        let mut command = std::process::Command::new("turnserver");
         command
-            .args([
-                "--realm",
-                "peerjsd.test",
-                "--no-cli",
-                "--allow-loopback-peers",
-            ])
-            .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-            .args(["--listening-port", &port.to_string()])
-            .args(["--min-port", &min.to_string()])
-            .args(["--max-port", &(min + 39).to_string()])
-            .args(["--no-tls", "--no-dtls", "--no-stdout-log", "--simple-log"])
-            .arg("--log-file")
-            .arg(&log)
-            .arg("--pidfile")
-            .arg(dir.join("pid"))
-            .arg("--userdb")
-            .arg(dir.join("turndb"))
+            .arg("-c")
+            .arg(&conf_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
