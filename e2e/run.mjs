@@ -90,6 +90,37 @@ function withTimeout(promise, ms, what) {
   ]).finally(() => clearTimeout(timer));
 }
 
+// Log lines seen so far plus the waits for lines to come: `add(item)` records one and wakes
+// the waits it matches; `wait(pred, ms, what)` resolves with the first recorded or coming
+// item matching pred, or rejects after ms.
+function lineLog() {
+  const seen = [];
+  const waiters = [];
+  return {
+    seen,
+    add(item) {
+      seen.push(item);
+      for (const w of [...waiters]) {
+        if (w.pred(item)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(item);
+        }
+      }
+    },
+    wait(pred, ms, what) {
+      const hit = seen.find(pred);
+      if (hit) return Promise.resolve(hit);
+      const w = { pred };
+      return withTimeout(new Promise((resolve) => {
+        w.resolve = resolve;
+        waiters.push(w);
+      }), ms, what).finally(() => {
+        if (waiters.includes(w)) waiters.splice(waiters.indexOf(w), 1);
+      });
+    },
+  };
+}
+
 function freePort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
@@ -195,8 +226,7 @@ async function startSignalingServer(opts = {}) {
   children.add(child);
   child.on("exit", () => children.delete(child));
   const output = [];
-  const logLines = []; // stdout lines parsed as JSON (peerjsd logs one JSON object a line)
-  const logWaiters = [];
+  const logLines = lineLog(); // stdout lines parsed as JSON (peerjsd logs one JSON object a line)
   let exited = null;
   const onData = (stream) => (chunk) => {
     for (const line of chunk.toString().split("\n")) {
@@ -211,13 +241,7 @@ async function startSignalingServer(opts = {}) {
         continue;
       }
       if (!obj || typeof obj !== "object") continue;
-      logLines.push(obj);
-      for (const w of [...logWaiters]) {
-        if (w.pred(obj)) {
-          logWaiters.splice(logWaiters.indexOf(w), 1);
-          w.resolve(obj);
-        }
-      }
+      logLines.add(obj);
     }
   };
   child.stdout.on("data", onData("out"));
@@ -254,17 +278,7 @@ async function startSignalingServer(opts = {}) {
     desc,
     output,
     // Wait for a JSON log line matching pred (also looks at the lines already logged).
-    waitLog(pred, ms, what) {
-      const hit = logLines.find(pred);
-      if (hit) return Promise.resolve(hit);
-      const w = { pred };
-      return withTimeout(new Promise((resolve) => {
-        w.resolve = resolve;
-        logWaiters.push(w);
-      }), ms, what).finally(() => {
-        if (logWaiters.includes(w)) logWaiters.splice(logWaiters.indexOf(w), 1);
-      });
-    },
+    waitLog: logLines.wait,
     async stop() {
       if (exited) return;
       const t0 = Date.now();
@@ -1101,7 +1115,7 @@ const TURN_AUTH_SERVER = { env: { ...TURN_SERVER.env, PEERJSD_AUTH_SECRET: AUTH_
 
 let coturnProcess = null; // the one coturn of the run, started by the first TURN check
 
-// Starts coturn (once per run) and resolves when it listens: {lines, waitLine(pred, ms, what)}.
+// Starts coturn (once per run) and resolves when it listens: {waitLine(pred, ms, what)}.
 // Its log goes to stdout (-v: a line per allocation, naming the username and the relay
 // address); it is killed with the other children when the runner exits.
 async function ensureCoturn() {
@@ -1133,39 +1147,24 @@ async function ensureCoturn() {
     child.ref();
     child.kill("SIGTERM");
   });
-  const lines = [];
-  const waiters = [];
+  const lines = lineLog();
   let exited = null;
   child.on("exit", (code, sig) => (exited = { code, sig }));
   const onData = (chunk) => {
     for (const line of chunk.toString().split("\n")) {
       if (!line) continue;
-      lines.push(line);
       if (VERBOSE) log(`  coturn: ${line}`);
-      for (const w of [...waiters]) {
-        if (w.pred(line)) {
-          waiters.splice(waiters.indexOf(w), 1);
-          w.resolve(line);
-        }
-      }
+      lines.add(line);
     }
   };
   child.stdout.on("data", onData);
   child.stderr.on("data", onData);
   const proc = {
-    lines,
     // Wait for a coturn log line matching pred (also looks at the lines already logged).
     waitLine(pred, ms, what) {
-      const hit = lines.find(pred);
-      if (hit) return Promise.resolve(hit);
-      if (exited) return Promise.reject(new CheckFailure(`coturn exited (${JSON.stringify(exited)}) before ${what}; last lines: ${oneLine(lines.slice(-5).join(" | "))}`));
-      const w = { pred };
-      return withTimeout(new Promise((resolve) => {
-        w.resolve = resolve;
-        waiters.push(w);
-      }), ms, what).finally(() => {
-        if (waiters.includes(w)) waiters.splice(waiters.indexOf(w), 1);
-      });
+      const hit = lines.seen.find(pred);
+      if (!hit && exited) return Promise.reject(new CheckFailure(`coturn exited (${JSON.stringify(exited)}) before ${what}; last lines: ${oneLine(lines.seen.slice(-5).join(" | "))}`));
+      return lines.wait(pred, ms, what);
     },
   };
   await proc.waitLine((l) => l.includes(`UDP listener opened on: 127.0.0.1:${TURN_PORT}`), 10000, "coturn listening");

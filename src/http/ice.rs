@@ -170,9 +170,11 @@ fn bucket(ip: IpAddr) -> IpAddr {
 /// What the route needs besides [`Shared`].
 struct Ice {
     signer: TurnSigner,
-    /// The `--stun-uri`s, then the `--turn-uri`s (as `iceServers` entries want them).
+    /// `--stun-uri`s: the first `iceServers` entry (none when empty).
     stun_uris: Vec<String>,
+    /// `--turn-uri`s: the entry that carries the credential.
     turn_uris: Vec<String>,
+    /// `--turn-ttl`.
     ttl: Duration,
     /// Without `--auth-secret`, when `--ice-rate-limit` is not 0.
     limiter: Option<PerIpLimiter>,
