@@ -16,7 +16,8 @@
 //   E2E_VERBOSE=1                 echo server output and browser console to stderr
 
 import { spawn } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import os from "node:os";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -87,6 +88,37 @@ function withTimeout(promise, ms, what) {
       timer = setTimeout(() => rej(new CheckFailure(`${what}: no result within ${ms} ms`)), ms);
     }),
   ]).finally(() => clearTimeout(timer));
+}
+
+// Log lines seen so far plus the waits for lines to come: `add(item)` records one and wakes
+// the waits it matches; `wait(pred, ms, what)` resolves with the first recorded or coming
+// item matching pred, or rejects after ms.
+function lineLog() {
+  const seen = [];
+  const waiters = [];
+  return {
+    seen,
+    add(item) {
+      seen.push(item);
+      for (const w of [...waiters]) {
+        if (w.pred(item)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(item);
+        }
+      }
+    },
+    wait(pred, ms, what) {
+      const hit = seen.find(pred);
+      if (hit) return Promise.resolve(hit);
+      const w = { pred };
+      return withTimeout(new Promise((resolve) => {
+        w.resolve = resolve;
+        waiters.push(w);
+      }), ms, what).finally(() => {
+        if (waiters.includes(w)) waiters.splice(waiters.indexOf(w), 1);
+      });
+    },
+  };
 }
 
 function freePort() {
@@ -194,8 +226,7 @@ async function startSignalingServer(opts = {}) {
   children.add(child);
   child.on("exit", () => children.delete(child));
   const output = [];
-  const logLines = []; // stdout lines parsed as JSON (peerjsd logs one JSON object a line)
-  const logWaiters = [];
+  const logLines = lineLog(); // stdout lines parsed as JSON (peerjsd logs one JSON object a line)
   let exited = null;
   const onData = (stream) => (chunk) => {
     for (const line of chunk.toString().split("\n")) {
@@ -210,13 +241,7 @@ async function startSignalingServer(opts = {}) {
         continue;
       }
       if (!obj || typeof obj !== "object") continue;
-      logLines.push(obj);
-      for (const w of [...logWaiters]) {
-        if (w.pred(obj)) {
-          logWaiters.splice(logWaiters.indexOf(w), 1);
-          w.resolve(obj);
-        }
-      }
+      logLines.add(obj);
     }
   };
   child.stdout.on("data", onData("out"));
@@ -253,17 +278,7 @@ async function startSignalingServer(opts = {}) {
     desc,
     output,
     // Wait for a JSON log line matching pred (also looks at the lines already logged).
-    waitLog(pred, ms, what) {
-      const hit = logLines.find(pred);
-      if (hit) return Promise.resolve(hit);
-      const w = { pred };
-      return withTimeout(new Promise((resolve) => {
-        w.resolve = resolve;
-        logWaiters.push(w);
-      }), ms, what).finally(() => {
-        if (logWaiters.includes(w)) logWaiters.splice(logWaiters.indexOf(w), 1);
-      });
-    },
+    waitLog: logLines.wait,
     async stop() {
       if (exited) return;
       const t0 = Date.now();
@@ -1082,6 +1097,202 @@ const AUTH_GROUPS = [
   },
 ];
 
+// ------------------------------------------- TURN credentials (SPEC §9)
+
+// The runner starts a coturn of its own (Debian's package: `turnserver`) on loopback, with
+// the TURN REST scheme and a secret fresh per run; peerjsd gets the same secret from
+// PEERJSD_TURN_SECRET and hands out credentials for it at GET {path}{key}/ice. The pages
+// fetch that (a cross-origin request, so CORS is exercised as the client's /id fetch is) and
+// give the answer to a stock PeerJS client as `config: {iceServers, iceTransportPolicy:
+// "relay"}`: WebRTC may then only use relay candidates, i.e. coturn.
+const TURN_SECRET = randomBytes(32).toString("base64");
+const TURN_PORT = SERVER_KIND === "peerjsd" ? await freePort() : 0;
+const TURN_SERVER = {
+  env: { PEERJSD_TURN_SECRET: TURN_SECRET },
+  args: ["--turn-uri", `turn:127.0.0.1:${TURN_PORT}?transport=udp`, "--turn-uri", `turn:127.0.0.1:${TURN_PORT}?transport=tcp`, "--turn-ttl", "1h"],
+};
+const TURN_AUTH_SERVER = { env: { ...TURN_SERVER.env, PEERJSD_AUTH_SECRET: AUTH_SECRET }, args: TURN_SERVER.args };
+
+let coturnProcess = null; // the one coturn of the run, started by the first TURN check
+
+// Starts coturn (once per run) and resolves when it listens: {waitLine(pred, ms, what)}.
+// Its log goes to stdout (-v: a line per allocation, naming the username and the relay
+// address); it is killed with the other children when the runner exits.
+async function ensureCoturn() {
+  if (coturnProcess) return coturnProcess;
+  const dir = mkdtempSync(path.join(os.tmpdir(), "peerjsd-e2e-coturn-"));
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  const args = ["-c", "/dev/null", "-v", "--use-auth-secret", "--static-auth-secret", TURN_SECRET,
+    "--realm", "peerjsd.test", "--no-cli", "--allow-loopback-peers",
+    "--listening-ip", "127.0.0.1", "--listening-port", String(TURN_PORT), "--relay-ip", "127.0.0.1",
+    "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log",
+    "--pidfile", path.join(dir, "pid"), "--userdb", path.join(dir, "turndb")];
+  const child = spawn("turnserver", args, { stdio: ["ignore", "pipe", "pipe"] });
+  const spawned = new Promise((resolve, reject) => {
+    child.on("spawn", resolve);
+    child.on("error", (e) => reject(e.code === "ENOENT"
+      ? new CheckFailure("coturn is not installed (no turnserver on PATH): run e2e/setup.sh, or apt-get install -y coturn")
+      : e));
+  });
+  await spawned;
+  children.add(child);
+  child.on("exit", () => children.delete(child));
+  // coturn runs until the checks are done: it must not keep the runner alive, and once
+  // nothing else is left the runner stops it and waits for it (no zombie is left behind).
+  child.unref();
+  child.stdout.unref();
+  child.stderr.unref();
+  process.on("beforeExit", () => {
+    if (child.exitCode !== null || child.signalCode !== null || child.killed) return;
+    child.ref();
+    child.kill("SIGTERM");
+  });
+  const lines = lineLog();
+  let exited = null;
+  child.on("exit", (code, sig) => (exited = { code, sig }));
+  const onData = (chunk) => {
+    for (const line of chunk.toString().split("\n")) {
+      if (!line) continue;
+      if (VERBOSE) log(`  coturn: ${line}`);
+      lines.add(line);
+    }
+  };
+  child.stdout.on("data", onData);
+  child.stderr.on("data", onData);
+  const proc = {
+    // Wait for a coturn log line matching pred (also looks at the lines already logged).
+    waitLine(pred, ms, what) {
+      const hit = lines.seen.find(pred);
+      if (!hit && exited) return Promise.reject(new CheckFailure(`coturn exited (${JSON.stringify(exited)}) before ${what}; last lines: ${oneLine(lines.seen.slice(-5).join(" | "))}`));
+      return lines.wait(pred, ms, what);
+    },
+  };
+  await proc.waitLine((l) => l.includes(`UDP listener opened on: 127.0.0.1:${TURN_PORT}`), 10000, "coturn listening");
+  log(`# coturn (pid ${child.pid}) listening on 127.0.0.1:${TURN_PORT}`);
+  coturnProcess = proc;
+  return proc;
+}
+
+const TURN_NAMES = {
+  open: "turn: two peers that fetched {path}{key}/ice (no auth) and set iceTransportPolicy \"relay\" open a data channel through coturn (relay candidates only)",
+  auth: "turn: with --auth-secret, /ice needs a join token (401 without); two peers with credentials for their ids talk through coturn (relay candidates only)",
+};
+
+// In the page: GET the /ice URL (with `headers`), then open a stock Peer whose RTCPeerConnection
+// config is the answer's iceServers with iceTransportPolicy "relay". Returns {ice, open}.
+function openWithIce(page, id, iceUrl, headers, opts) {
+  return page.evaluate(async ([id, iceUrl, headers, opts]) => {
+    const res = await fetch(iceUrl, { headers, cache: "no-store" });
+    if (res.status !== 200) return { status: res.status, text: await res.text() };
+    const ice = await res.json();
+    const open = await window.E2E.open(id, { ...opts, config: { iceServers: ice.iceServers, iceTransportPolicy: "relay" } }, 10000);
+    return { status: 200, ice, open };
+  }, [id, iceUrl, headers, opts]);
+}
+
+// The local candidates a connection gathered, and the selected pair's local candidate,
+// from RTCPeerConnection.getStats().
+function relayStats(page, remote) {
+  return ev(page, async (remote) => {
+    const conn = window.E2E.conns.get(remote);
+    const stats = await conn.peerConnection.getStats();
+    const local = [];
+    stats.forEach((r) => {
+      if (r.type === "local-candidate") local.push({ type: r.candidateType, address: r.address, port: r.port, relayProtocol: r.relayProtocol, url: r.url });
+    });
+    return { local, pair: await window.E2E.selectedPair(remote) };
+  }, remote);
+}
+
+// Two pages get credentials from /ice (`access` gives each its request headers and query,
+// and its Peer options: with auth, the same join token is the PeerJS token),
+// connect through coturn only, and a message goes each way. Asserts: every local candidate is
+// a relay candidate, the selected pair is relay on both ends, its local relay address is one
+// coturn logged allocating for that page's username, and coturn allocated for both names.
+async function turnPair(server, label, access) {
+  const turn = await ensureCoturn();
+  const ids = [`${label}a-${RUN}`, `${label}b-${RUN}`];
+  const pages = [await newPeerPage(`${label}A`), await newPeerPage(`${label}B`)];
+  const base = `http://127.0.0.1:${server.port}${SERVER_PATH}/${server.key}/ice`;
+  const got = [];
+  for (let i = 0; i < 2; i++) {
+    const { query, headers, peer } = access(ids[i]);
+    const r = await openWithIce(pages[i], ids[i], base + query, headers, peerOptions(server, peer));
+    assertEq(r.status, 200, `${pages[i].label}: GET /ice status (${r.text})`);
+    assert(r.open.ok, `${pages[i].label}: peer did not open: ${r.open.type} ${JSON.stringify(r.open.message)}`);
+    const turnEntry = r.ice.iceServers.find((s) => s.username);
+    assert(turnEntry && turnEntry.urls.includes(`turn:127.0.0.1:${TURN_PORT}?transport=udp`), `${pages[i].label}: /ice answer ${JSON.stringify(r.ice)}`);
+    assertEq(r.ice.ttl, 3600, `${pages[i].label}: ttl`);
+    got.push(turnEntry);
+  }
+  await ev(pages[0], (id) => window.E2E.connect(id, 20000), ids[1]);
+  await ev(pages[1], (id) => window.E2E.waitIncoming(id, 20000), ids[0]);
+  await ev(pages[0], (id) => window.E2E.send(id, { kind: "string", value: "through the relay" }), ids[1]);
+  assertEq(await ev(pages[1], (id) => window.E2E.receive(id, 1, 10000), ids[0]), [{ kind: "string", value: "through the relay" }], "message A→B");
+  await ev(pages[1], (id) => window.E2E.send(id, { kind: "string", value: "and back" }), ids[0]);
+  assertEq(await ev(pages[0], (id) => window.E2E.receive(id, 1, 10000), ids[1]), [{ kind: "string", value: "and back" }], "message B→A");
+
+  for (let i = 0; i < 2; i++) {
+    const { local, pair } = await relayStats(pages[i], ids[1 - i]);
+    const where = `${pages[i].label}→${ids[1 - i]}`;
+    assert(local.length > 0, `${where}: no local candidates in getStats()`);
+    assert(local.every((c) => c.type === "relay"), `${where}: local candidates ${JSON.stringify(local)}`);
+    assert(pair, `${where}: no selected candidate pair`);
+    assertEq([pair.local.type, pair.remote.type], ["relay", "relay"], `${where}: selected pair's candidate types`);
+    // coturn logged this relay address right after allocating it, then the allocation for
+    // this page's username.
+    const relay = `Local relay addr: 127.0.0.1:${pair.local.port}`;
+    await turn.waitLine((l) => l.trimEnd().endsWith(relay), 5000, `coturn log "${relay}"`);
+    await turn.waitLine((l) => l.includes(`user <${got[i].username}>: incoming packet ALLOCATE processed, success`), 5000, `coturn allocation for ${got[i].username}`);
+    log(`# ${label}: ${where} ICE pair ${pair.local.protocol} ${pair.local.address}:${pair.local.port} (${pair.local.type}) <-> ${pair.remote.address}:${pair.remote.port} (${pair.remote.type})`);
+  }
+  return got;
+}
+
+async function checkTurnOpen(server) {
+  const got = await turnPair(server, "turn", () => ({ query: "", headers: {} }));
+  // Without auth the name in the username is random per request.
+  const whos = got.map((t) => t.username.split(":")[1]);
+  assert(whos.every((w) => /^[0-9a-f]{32}$/.test(w)) && whos[0] !== whos[1], `usernames ${JSON.stringify(got.map((t) => t.username))}`);
+  const m = (await httpGet(`http://127.0.0.1:${server.port}/metrics`, 2000, { accept: "text/plain" })).body.match(/^peerjs_ice_requests_total\{outcome="issued"\} (\d+)$/m);
+  assert(m && Number(m[1]) >= 2, `peerjs_ice_requests_total{outcome="issued"}: ${m && m[1]}`);
+}
+
+async function checkTurnAuth(server) {
+  // Without a token the page gets the 401 and its reason (the CORS headers let it read them).
+  const p = await newPeerPage("no-token");
+  const url = `http://127.0.0.1:${server.port}${SERVER_PATH}/${server.key}/ice`;
+  const refused = await ev(p, async (url) => {
+    const res = await fetch(url, { cache: "no-store" });
+    return { status: res.status, text: await res.text() };
+  }, url);
+  assertEq(refused, { status: 401, text: "Missing token: send the join token as ?token= or Authorization: Bearer" }, "GET /ice without a token");
+  // The backend mints one join token per page: the page sends it to /ice (one as
+  // Authorization: Bearer, which takes a CORS preflight, the other as ?token=) and connects
+  // with it as its PeerJS token.
+  let n = 0;
+  const got = await turnPair(server, "turnauth", (id) => {
+    const token = mintToken({ sub: id });
+    const peer = { token };
+    return n++ === 0 ? { query: "", headers: { authorization: `Bearer ${token}` }, peer } : { query: `?token=${encodeURIComponent(token)}`, headers: {}, peer };
+  });
+  // The username names the peer the token was for.
+  assertEq(got.map((t) => t.username.split(":").slice(1).join(":")), [`turnautha-${RUN}`, `turnauthb-${RUN}`], "who in the usernames");
+}
+
+const TURN_GROUPS = [
+  {
+    server: TURN_SERVER,
+    skipReference: "reference has no TURN credentials",
+    checks: [[TURN_NAMES.open, checkTurnOpen]],
+  },
+  {
+    server: TURN_AUTH_SERVER,
+    skipReference: "reference has no TURN credentials",
+    checks: [[TURN_NAMES.auth, checkTurnAuth]],
+  },
+];
+
 // Groups of checks sharing one server configuration (null = no server).
 const GROUPS = [
   {
@@ -1114,6 +1325,7 @@ const GROUPS = [
     ],
   },
   ...AUTH_GROUPS,
+  ...TURN_GROUPS,
 ];
 
 // ------------------------------------------------------------------- runner

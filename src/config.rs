@@ -279,6 +279,56 @@ struct Cli {
     /// Read --id-secret from this file (first line; a second line is a previous secret, still accepted).
     #[arg(long, env = "PEERJSD_ID_SECRET_FILE", value_name = "FILE")]
     id_secret_file: Option<PathBuf>,
+
+    /// TURN credentials: coturn's static-auth-secret (at least 32 bytes). Serves GET {path}{key}/ice.
+    #[arg(
+        long,
+        env = "PEERJSD_TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    turn_secret: Option<String>,
+
+    /// The TURN secret used before --turn-secret, accepted while it is rotated (only --turn-secret signs).
+    #[arg(
+        long,
+        env = "PEERJSD_TURN_SECRET_PREVIOUS",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    turn_secret_previous: Option<String>,
+
+    /// Read --turn-secret from this file (first line), and --turn-secret-previous from its second line if any.
+    #[arg(long, env = "PEERJSD_TURN_SECRET_FILE", value_name = "FILE")]
+    turn_secret_file: Option<PathBuf>,
+
+    /// A TURN server the credentials are for (repeatable): turn:HOST[:PORT][?transport=udp|tcp] or turns:….
+    #[arg(
+        long,
+        env = "PEERJSD_TURN_URI",
+        value_delimiter = ',',
+        value_name = "URI"
+    )]
+    turn_uri: Vec<String>,
+
+    /// A STUN server GET {path}{key}/ice lists too (repeatable): stun:HOST[:PORT] or stuns:….
+    #[arg(
+        long,
+        env = "PEERJSD_STUN_URI",
+        value_delimiter = ',',
+        value_name = "URI"
+    )]
+    stun_uri: Vec<String>,
+
+    /// How long the TURN credentials GET {path}{key}/ice hands out are valid.
+    #[arg(long, env = "PEERJSD_TURN_TTL", default_value = "24h", value_parser = parse_duration)]
+    turn_ttl: Duration,
+
+    /// Without --auth-secret: GET {path}{key}/ice requests per minute per client IP (burst = rate; IPv6 per /64); HTTP 429 past it. 0 = no limit.
+    #[arg(long, env = "PEERJSD_ICE_RATE_LIMIT", default_value = "60")]
+    ice_rate_limit: u32,
 }
 
 /// What `peerjsd` can do besides serving.
@@ -378,9 +428,28 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Whether the WebSocket refuses ids `GET {path}{key}/id` did not mint.
     pub issued_ids_only: bool,
+    /// TURN credentials at `GET {path}{key}/ice`, when `--turn-secret` is set.
+    pub turn: Option<TurnConfig>,
     /// `--id-secret` (and a previous one): the key of issued ids. Empty: the auth secrets,
     /// or without those a random key per process.
     pub id_secrets: Vec<Secret>,
+}
+
+/// `--turn-secret` and what goes with it: the TURN credentials of `GET {path}{key}/ice`.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// The signing secret, then the previous one if any. Only the first signs: peerjsd never
+    /// verifies a TURN credential (coturn does), the second is accepted so that a rotation's
+    /// two-secret setup can be given to peerjsd as it is.
+    pub secrets: Vec<Secret>,
+    /// `--turn-uri`s, checked: `turn:`/`turns:` URIs (RFC 7065).
+    pub turn_uris: Vec<String>,
+    /// `--stun-uri`s, checked: `stun:`/`stuns:` URIs (RFC 7064).
+    pub stun_uris: Vec<String>,
+    /// How long a credential is valid from when it is handed out (at least a second).
+    pub ttl: Duration,
+    /// Requests per minute per client IP without `--auth-secret`; `None` = unlimited.
+    pub rate_limit: Option<NonZeroU32>,
 }
 
 /// `--auth-secret` and what goes with it.
@@ -606,6 +675,121 @@ fn secrets(
             }
         })
         .collect()
+}
+
+/// `--turn-secret` with its URIs, TTL and rate: `None` without a secret (then no URI may be
+/// given, since nothing would serve it).
+fn turn_config(
+    secrets: Vec<Secret>,
+    turn_uris: Vec<String>,
+    stun_uris: Vec<String>,
+    ttl: Duration,
+    rate_limit: u32,
+) -> Result<Option<TurnConfig>, ConfigError> {
+    if secrets.is_empty() {
+        return match (turn_uris.is_empty(), stun_uris.is_empty()) {
+            (true, true) => Ok(None),
+            (false, _) => Err(ConfigError(
+                "--turn-uri needs --turn-secret (GET {path}{key}/ice is off without it)".into(),
+            )),
+            (true, false) => Err(ConfigError(
+                "--stun-uri needs --turn-secret (GET {path}{key}/ice is off without it)".into(),
+            )),
+        };
+    }
+    if turn_uris.is_empty() {
+        return Err(ConfigError(
+            "--turn-secret needs at least one --turn-uri (the TURN servers its credentials are for)"
+                .into(),
+        ));
+    }
+    for (flag, uris, schemes) in [
+        ("turn-uri", &turn_uris, ["turn", "turns"]),
+        ("stun-uri", &stun_uris, ["stun", "stuns"]),
+    ] {
+        for uri in uris {
+            check_ice_uri(uri, schemes).map_err(|why| {
+                ConfigError(format!("invalid value '{uri}' for '--{flag}': {why}"))
+            })?;
+        }
+    }
+    if ttl.as_secs() == 0 {
+        return Err(ConfigError(format!(
+            "invalid value '{ttl:?}' for '--turn-ttl': must be at least 1s"
+        )));
+    }
+    Ok(Some(TurnConfig {
+        secrets,
+        turn_uris,
+        stun_uris,
+        ttl,
+        rate_limit: NonZeroU32::new(rate_limit),
+    }))
+}
+
+/// Checks a STUN or TURN URI (RFC 7064, RFC 7065): `scheme:host[:port]`, and for TURN an
+/// optional `?transport=udp` or `?transport=tcp`. The host is a name, an IPv4 address or a
+/// bracketed IPv6 address; no `//`, user, path or other query.
+fn check_ice_uri(uri: &str, schemes: [&str; 2]) -> Result<(), String> {
+    let expected = || format!("must start with {}: or {}:", schemes[0], schemes[1]);
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return Err(expected());
+    };
+    if !schemes.contains(&scheme) {
+        return Err(expected());
+    }
+    let turn = scheme.starts_with("turn");
+    let (authority, query) = match rest.split_once('?') {
+        Some((authority, query)) => (authority, Some(query)),
+        None => (rest, None),
+    };
+    match query {
+        None => {}
+        Some("transport=udp" | "transport=tcp") if turn => {}
+        Some(_) if turn => return Err("the only query is ?transport=udp or ?transport=tcp".into()),
+        Some(_) => return Err("a STUN URI has no query".into()),
+    }
+    if authority.starts_with("//") {
+        return Err(format!("no '//' after the scheme: {scheme}:host[:port]"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((address, after)) = v6.split_once(']') else {
+            return Err("an IPv6 address needs its closing ']'".into());
+        };
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("'{address}' is not an IPv6 address"));
+        }
+        match after {
+            "" => (address, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (address, Some(port)),
+                None => return Err("expected ':port' after the IPv6 address".into()),
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let name_ok = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    if !authority.starts_with('[') && !name_ok(host) {
+        return Err(
+            "expected a host name or address after the scheme (e.g. turn:turn.example.com:3478)"
+                .into(),
+        );
+    }
+    if let Some(port) = port
+        && !(port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err(format!("'{port}' is not a port (1-65535)"));
+    }
+    Ok(())
 }
 
 fn clap_error(e: clap::Error) -> Result<Parsed, ConfigError> {
@@ -843,6 +1027,18 @@ impl TryFrom<Cli> for Config {
                 "--id-secret needs --issued-ids-only (it keys the issued ids)".into(),
             ));
         }
+        let turn = turn_config(
+            secrets(
+                "turn-secret",
+                cli.turn_secret,
+                cli.turn_secret_previous,
+                cli.turn_secret_file.as_deref(),
+            )?,
+            cli.turn_uri,
+            cli.stun_uri,
+            cli.turn_ttl,
+            cli.ice_rate_limit,
+        )?;
         let room_mode = cli.rooms == RoomMode::Token;
         Ok(Config {
             port: cli.port,
@@ -889,6 +1085,7 @@ impl TryFrom<Cli> for Config {
             auth,
             issued_ids_only: cli.issued_ids_only,
             id_secrets,
+            turn,
         })
     }
 }
@@ -1068,6 +1265,128 @@ mod tests {
         let c = run(&["--issued-ids-only", "--id-secret", &new]).unwrap();
         assert!(c.issued_ids_only);
         assert_eq!(c.id_secrets, [Secret::new(new.as_bytes())]);
+    }
+
+    #[test]
+    fn turn_needs_a_secret_and_uris_and_checks_them() {
+        let new = "n".repeat(32);
+        let old = "o".repeat(32);
+        assert!(Config::default().turn.is_none());
+        let c = run(&[
+            "--turn-secret",
+            &new,
+            "--turn-secret-previous",
+            &old,
+            "--turn-uri",
+            "turn:turn.example.com:3478",
+            "--turn-uri",
+            "turns:turn.example.com:5349?transport=tcp",
+            "--stun-uri",
+            "stun:[2001:db8::1]:3478",
+        ])
+        .unwrap();
+        let turn = c.turn.as_ref().unwrap();
+        assert_eq!(
+            turn.secrets,
+            [Secret::new(new.as_bytes()), Secret::new(old.as_bytes())]
+        );
+        assert_eq!(
+            turn.turn_uris,
+            [
+                "turn:turn.example.com:3478",
+                "turns:turn.example.com:5349?transport=tcp"
+            ]
+        );
+        assert_eq!(turn.stun_uris, ["stun:[2001:db8::1]:3478"]);
+        assert_eq!(turn.ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(turn.rate_limit, NonZeroU32::new(60));
+        assert!(!format!("{c:?}").contains(&new), "{c:?}");
+        let c = run(&[
+            "--turn-secret",
+            &new,
+            "--turn-uri",
+            "turn:10.0.0.1?transport=udp",
+            "--turn-ttl",
+            "1h",
+            "--ice-rate-limit",
+            "0",
+        ])
+        .unwrap();
+        let turn = c.turn.unwrap();
+        assert_eq!(turn.ttl, Duration::from_secs(3600));
+        assert_eq!(turn.rate_limit, None);
+
+        let uri = |u: &str| ["--turn-secret", &new, "--turn-uri", u].map(String::from);
+        for (args, needle) in [
+            (
+                vec!["--turn-uri".into(), "turn:a:1".into()],
+                "--turn-uri needs --turn-secret",
+            ),
+            (
+                vec!["--stun-uri".into(), "stun:a".into()],
+                "--stun-uri needs --turn-secret",
+            ),
+            (
+                vec!["--turn-secret".into(), new.clone()],
+                "at least one --turn-uri",
+            ),
+            (vec!["--turn-secret".into(), "short".into()], "at least 32"),
+            (
+                vec!["--turn-secret-previous".into(), old.clone()],
+                "needs --turn-secret",
+            ),
+            (
+                uri("stun:a:3478").to_vec(),
+                "must start with turn: or turns:",
+            ),
+            (uri("turn://a:3478").to_vec(), "no '//'"),
+            (uri("turn:a:0").to_vec(), "not a port"),
+            (uri("turn:a:+80").to_vec(), "not a port"),
+            (uri("turn:a:70000").to_vec(), "not a port"),
+            (uri("turn:").to_vec(), "expected a host"),
+            (uri("turn:user@a").to_vec(), "expected a host"),
+            (uri("turn:a/path").to_vec(), "expected a host"),
+            (
+                uri("turn:a?transport=sctp").to_vec(),
+                "?transport=udp or ?transport=tcp",
+            ),
+            (uri("turn:[::1").to_vec(), "closing ']'"),
+            (uri("turn:[nope]:3478").to_vec(), "not an IPv6 address"),
+            (
+                [
+                    uri("turn:a").as_slice(),
+                    &["--stun-uri".into(), "stun:a?x=1".into()],
+                ]
+                .concat(),
+                "a STUN URI has no query",
+            ),
+            (
+                [
+                    uri("turn:a").as_slice(),
+                    &["--stun-uri".into(), "turn:a".into()],
+                ]
+                .concat(),
+                "must start with stun: or stuns:",
+            ),
+            (
+                [uri("turn:a").as_slice(), &["--turn-ttl".into(), "0".into()]].concat(),
+                "--turn-ttl",
+            ),
+        ] {
+            let e = run(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err();
+            assert!(e.contains(needle) && !e.contains('\n'), "{args:?}: {e}");
+            assert!(!e.contains(&new), "a secret was echoed: {e}");
+        }
+        // The URI flags name themselves in their error.
+        let e = run(&uri("turn:a:0")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>())
+        .unwrap_err();
+        assert!(
+            e.starts_with("invalid value 'turn:a:0' for '--turn-uri'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
 //! - [`gate`]: what every accepted connection passes: per-address counts of connections and
 //!   of handshakes, and the server-wide bound on connections still in their handshake.
-//! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes, and the
-//!   read/write deadlines of the connections hyper serves.
+//! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes, the
+//!   read/write deadlines of the connections hyper serves, and the TURN credentials of
+//!   `GET {path}{key}/ice` (`--turn-secret`).
 //! - [`ws`]: the WebSocket handshake (a connection's first request head is read and checked
 //!   here, and an accepted upgrade needs no hyper), the read-ahead socket wrapper, and the
 //!   per-socket session task.

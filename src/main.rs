@@ -107,6 +107,7 @@ async fn serve(config: Config) -> ExitCode {
         tls = config.tls.is_some(),
         auth = config.auth.is_some(),
         issued_ids_only = config.issued_ids_only,
+        turn = config.turn.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );

@@ -171,6 +171,18 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// How a `GET {path}{key}/ice` request ended.
+    IceOutcome {
+        /// TURN credentials handed out.
+        Issued => "issued",
+        /// `--auth-secret`: no valid join token (HTTP 401).
+        Unauthorized => "unauthorized",
+        /// Without `--auth-secret`: the client IP was over `--ice-rate-limit` (HTTP 429).
+        RateLimited => "rate_limited",
+    }
+}
+
 type Labels = [(&'static str, &'static str); 1];
 
 /// All of the server's metrics. One instance per server, shared by `Arc`.
@@ -190,6 +202,7 @@ pub struct Metrics {
     closed: Vec<Counter>,
     relayed: Vec<Counter>,
     dropped: Vec<Counter>,
+    ice: Vec<Counter>,
     /// Inbound frames read from peers, of any kind.
     pub received: Counter,
     /// Messages waiting in offline queues.
@@ -297,6 +310,13 @@ impl Metrics {
             "reason",
             DropReason::ALL.iter().map(|r| r.as_str()),
         );
+        let ice = family(
+            &mut registry,
+            "ice_requests",
+            "GET {path}{key}/ice requests (TURN credentials), by outcome",
+            "outcome",
+            IceOutcome::ALL.iter().map(|o| o.as_str()),
+        );
         let received = Counter::default();
         registry.register(
             "messages_received",
@@ -358,6 +378,7 @@ impl Metrics {
             closed,
             relayed,
             dropped,
+            ice,
             received,
             queued_messages,
             queued_bytes,
@@ -437,6 +458,16 @@ impl Metrics {
     /// Current value of a drop counter (tests and the JSON summary).
     pub fn dropped(&self, why: DropReason) -> u64 {
         self.dropped[why as usize].get()
+    }
+
+    /// Counts a `GET {path}{key}/ice` request.
+    pub fn ice_request(&self, outcome: IceOutcome) {
+        self.ice[outcome as usize].inc();
+    }
+
+    /// Current value of an `/ice` outcome counter.
+    pub fn ice_requests(&self, outcome: IceOutcome) -> u64 {
+        self.ice[outcome as usize].get()
     }
 
     /// Current value of a rejection counter.

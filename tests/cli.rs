@@ -148,6 +148,16 @@ fn a_bad_value_exits_2_with_one_line_naming_flag_and_value() {
         (vec!["--alive_timeout", "soon"], "--alive-timeout", "soon"),
         (vec!["--rooms", "lobby"], "--rooms", "lobby"),
         (vec!["--concurrent-limit", "0"], "--concurrent-limit", "0"),
+        (
+            vec![
+                "--turn-secret",
+                "a TURN secret of 32 bytes or more",
+                "--turn-uri",
+                "turn://relay:3478",
+            ],
+            "--turn-uri",
+            "turn://relay:3478",
+        ),
     ] {
         let output = Command::new(BIN).args(&args).output().expect("run");
         assert_eq!(output.status.code(), Some(2), "{args:?}");

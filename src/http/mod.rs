@@ -10,6 +10,7 @@
 //! library), everything else goes to the axum [`router`]. No business logic lives here.
 
 pub mod deadline;
+pub mod ice;
 pub mod ops;
 pub mod rest;
 
@@ -274,7 +275,11 @@ where
         signaling,
     } = conn;
     let service_shared = Arc::clone(&shared);
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        // The client's address, for handlers that limit per IP (`/ice`).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let response = if signaling && upgrade::is_upgrade(request.headers()) {
             Ok(upgrade_via_hyper::<I>(request, &service_shared, peer))
         } else {

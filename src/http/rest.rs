@@ -1,7 +1,8 @@
 //! peerjs-server's REST API (docs/PROTOCOL.md §6): info, a fresh id, and the peer list (with
 //! `--issued-ids-only` the fresh id carries a MAC, with `--auth-secret` the list needs a
 //! token); and what Express and the `cors` package answer around it (CORS headers, 204
-//! preflights, the 404 page for any other path or method).
+//! preflights, the 404 page for any other path or method). With `--turn-secret`, also TURN
+//! credentials ([`super::ice`]), under the same CORS handling.
 
 use std::sync::Arc;
 
@@ -29,6 +30,9 @@ pub fn routes(config: &Config) -> Router<Arc<Shared>> {
         router = router
             .route(&format!("{base}{{key}}/id{suffix}"), get(id))
             .route(&format!("{base}{{key}}/peers{suffix}"), get(peers));
+    }
+    if let Some(ice) = super::ice::routes(config) {
+        router = router.merge(ice);
     }
     router
 }
@@ -165,10 +169,7 @@ async fn peers(
     let signed_room;
     let key = match (&shared.auth, query.token.as_deref()) {
         (Some(auth), token) => {
-            let token = token
-                .filter(|t| !t.is_empty())
-                .or_else(|| bearer(&headers))
-                .unwrap_or_default();
+            let token = request_token(token, &headers).unwrap_or_default();
             let claims = match auth.check_request(token, auth.now()) {
                 Ok(claims) => claims,
                 Err(why) => return with_status(StatusCode::UNAUTHORIZED, why.message()),
@@ -201,6 +202,12 @@ async fn peers(
     let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
     let body = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
     with_type(body, "application/json; charset=utf-8")
+}
+
+/// The join token a REST request carries: a non-empty `?token=`, else an
+/// `Authorization: Bearer` header.
+pub(super) fn request_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+    query.filter(|t| !t.is_empty()).or_else(|| bearer(headers))
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
