@@ -107,7 +107,7 @@ async fn the_exposition_parses_and_reports_live_figures() {
     }
     assert_eq!(
         labels,
-        BTreeSet::from(["reason".to_owned(), "type".to_owned()]),
+        BTreeSet::from(["outcome".to_owned(), "reason".to_owned(), "type".to_owned()]),
         "no per-peer or per-room labels"
     );
     assert!(response.body.contains("peerjs_offline_queue_bytes"));
