@@ -1097,7 +1097,7 @@ const AUTH_GROUPS = [
   },
 ];
 
-// ------------------------------------------- TURN credentials (SPEC §9)
+// ------------------------------------------- TURN credentials (README: TURN)
 
 // The runner starts a coturn of its own (Debian's package: `turnserver`) on loopback, with
 // the TURN REST scheme and a secret fresh per run; peerjsd gets the same secret from

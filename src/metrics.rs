@@ -566,8 +566,8 @@ pub const PROCESS_REFRESH: Duration = Duration::from_secs(1);
 /// The standard `process_*` figures, read from `/proc/self` (Linux only; elsewhere nothing is
 /// reported).
 ///
-/// Reading them walks `/proc/self/fd`, which costs in proportion to the open sockets (17 ms
-/// at 16k): done on every scrape on a runtime worker, a few clients pipelining scrapes could
+/// Reading them walks `/proc/self/fd`, which costs in proportion to the open sockets
+/// (milliseconds with tens of thousands of them): done on every scrape on a runtime worker, a few clients pipelining scrapes could
 /// take the cores from the relays. So the figures are cached: a scrape that finds them older
 /// than [`PROCESS_REFRESH`] starts one read on the blocking pool (or waits for the one under
 /// way) and the collector only copies the cache.

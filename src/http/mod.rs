@@ -345,7 +345,7 @@ where
                 let mut io = parts.io.into_inner().into_inner();
                 io.unread(&parts.read_buf);
                 // Copied out: the buffer is a view of hyper's 8 KiB read buffer, which it
-                // would otherwise keep alive for the socket's life (+4.7 kB per idle peer).
+                // would otherwise keep alive for the socket's life (every idle peer's cost).
                 drop(parts.read_buf);
                 session::run(io, params, task_shared, origin).await;
             }

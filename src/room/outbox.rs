@@ -1,11 +1,11 @@
 //! The link from a room to one member's session: a bounded outbound queue plus a kill switch.
 //!
-//! tokio's `mpsc::channel` allocates its first 32-slot block up front (~1.2 KB here), which
-//! every idle peer would carry for its whole life. This queue is a `VecDeque` behind a mutex
+//! tokio's `mpsc::channel` allocates its first 32-slot block up front, which every idle peer
+//! would carry for its whole life. This queue is a `VecDeque` behind a mutex
 //! that is only locked for a push or a drain, plus an `AtomicWaker` for the one consumer
 //! (registering it is a couple of atomic operations, and a dropped poll costs nothing); it
 //! allocates on the first push and gives large buffers back once drained, so an idle peer
-//! costs ~100 bytes. The same state carries the room's verdict when it drops the member
+//! costs little more than the shared state itself. The same state carries the room's verdict when it drops the member
 //! (taken over, slow reader, shutdown), so the session watches one thing instead of three.
 //!
 //! **Bounds.** The queue holds at most `frames` frames and `bytes` bytes (`--outbound-queue`,

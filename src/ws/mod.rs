@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::config::Config;
 
 /// Read buffer per socket. Signaling frames are a few hundred bytes; tungstenite's default
-/// (128 KiB, zero-filled on first read) would cost every idle peer ~136 KB.
+/// (128 KiB, zero-filled on the first read) would be resident for every idle peer.
 pub const READ_BUFFER: usize = 512;
 
 /// Bytes buffered before a write is forced; the session flushes once per batch anyway.
