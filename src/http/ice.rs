@@ -234,7 +234,7 @@ struct IceServer<'a> {
 }
 
 /// Why a request gets no credentials. Each maps to one status and one metrics outcome.
-enum Refusal {
+enum IceRefusal {
     /// `--auth-secret` and no token at all.
     NoToken,
     /// `--auth-secret` and a token that is not valid (or names no usable `sub`).
@@ -298,22 +298,22 @@ fn admit(
     token: Option<&str>,
     headers: &HeaderMap,
     ip: IpAddr,
-) -> Result<String, Refusal> {
+) -> Result<String, IceRefusal> {
     match &shared.auth {
         Some(auth) => {
-            let token = rest::request_token(token, headers).ok_or(Refusal::NoToken)?;
+            let token = rest::request_token(token, headers).ok_or(IceRefusal::NoToken)?;
             let claims = auth
                 .check_request(token, auth.now())
-                .map_err(Refusal::Token)?;
+                .map_err(IceRefusal::Token)?;
             // The username goes into a STUN attribute: keep it to a PeerJS id.
             match claims.sub {
                 Some(sub) if is_valid_id(&sub) => Ok(sub),
-                _ => Err(Refusal::Token(TokenError::WrongId)),
+                _ => Err(IceRefusal::Token(TokenError::WrongId)),
             }
         }
         None => {
             if let Some(limiter) = &ice.limiter {
-                limiter.check(ip).map_err(Refusal::RateLimited)?;
+                limiter.check(ip).map_err(IceRefusal::RateLimited)?;
             }
             // 122 random bits: nobody can guess (or collide with) another client's username.
             Ok(uuid::Uuid::new_v4().simple().to_string())
@@ -321,13 +321,13 @@ fn admit(
     }
 }
 
-fn refuse(shared: &Shared, ice: &Ice, refusal: Refusal, ip: IpAddr) -> Response<Body> {
+fn refuse(shared: &Shared, ice: &Ice, refusal: IceRefusal, ip: IpAddr) -> Response<Body> {
     let ip = LogIp(ip);
     match refusal {
-        Refusal::NoToken | Refusal::Token(_) => {
+        IceRefusal::NoToken | IceRefusal::Token(_) => {
             shared.metrics.ice_request(IceOutcome::Unauthorized);
             let text = match refusal {
-                Refusal::Token(why) => why.message(),
+                IceRefusal::Token(why) => why.message(),
                 _ => "Missing token: send the join token as ?token= or Authorization: Bearer",
             };
             tracing::debug!(ip = %ip, reason = text, "ice refused");
@@ -337,7 +337,7 @@ fn refuse(shared: &Shared, ice: &Ice, refusal: Refusal, ip: IpAddr) -> Response<
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
-        Refusal::RateLimited(wait) => {
+        IceRefusal::RateLimited(wait) => {
             shared.metrics.ice_request(IceOutcome::RateLimited);
             tracing::debug!(ip = %ip, "ice rate limited");
             let text = format!(

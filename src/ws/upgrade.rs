@@ -91,7 +91,7 @@ pub(crate) struct Accepted {
 }
 
 /// Why an upgrade is refused before the 101, in the order the checks run.
-pub(crate) enum Refusal {
+pub(crate) enum UpgradeRefusal {
     Method,
     Upgrade,
     Key,
@@ -114,42 +114,42 @@ pub(crate) fn verdict(
     headers: &(impl Headers + ?Sized),
     shared: &Arc<Shared>,
     peer: SocketAddr,
-) -> Result<Accepted, Refusal> {
+) -> Result<Accepted, UpgradeRefusal> {
     if !is_get {
-        return Err(Refusal::Method);
+        return Err(UpgradeRefusal::Method);
     }
     let upgrade = headers.value("upgrade").and_then(text);
     if !upgrade.is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        return Err(Refusal::Upgrade);
+        return Err(UpgradeRefusal::Upgrade);
     }
     let Some(key) = headers
         .value("sec-websocket-key")
         .filter(|k| is_valid_key(k))
     else {
-        return Err(Refusal::Key);
+        return Err(UpgradeRefusal::Key);
     };
     if !matches!(
         headers.value("sec-websocket-version"),
         Some(b"13") | Some(b"8")
     ) {
-        return Err(Refusal::Version);
+        return Err(UpgradeRefusal::Version);
     }
     if path != shared.config.ws_path() {
-        return Err(Refusal::Path);
+        return Err(UpgradeRefusal::Path);
     }
     if shared.shutdown.token.is_cancelled() {
-        return Err(Refusal::Draining);
+        return Err(UpgradeRefusal::Draining);
     }
     if !origin_allowed(&shared.config.cors, headers) {
         let origin = headers.value("origin");
-        return Err(Refusal::Origin {
+        return Err(UpgradeRefusal::Origin {
             origin: origin.map(|o| String::from_utf8_lossy(o).into_owned()),
             ip: peer.ip(),
         });
     }
     let ip = client_ip(headers, peer, shared.config.proxied);
     let Some(guard) = shared.admit_ip(ip) else {
-        return Err(Refusal::PerIp(ip));
+        return Err(UpgradeRefusal::PerIp(ip));
     };
     Ok(Accepted {
         accept: derive_accept_key(key),
@@ -157,42 +157,42 @@ pub(crate) fn verdict(
     })
 }
 
-impl Refusal {
+impl UpgradeRefusal {
     /// The HTTP answer, shaped like `ws`'s `abortHandshake`; counted and, where it helps an
     /// operator, logged.
     pub(crate) fn respond(self, shared: &Shared) -> Response<Body> {
         let (status, message, why) = match &self {
-            Refusal::Method => (
+            UpgradeRefusal::Method => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Invalid HTTP method",
                 Rejection::BadRequest,
             ),
-            Refusal::Upgrade => (
+            UpgradeRefusal::Upgrade => (
                 StatusCode::BAD_REQUEST,
                 "Invalid Upgrade header",
                 Rejection::BadRequest,
             ),
-            Refusal::Key => (
+            UpgradeRefusal::Key => (
                 StatusCode::BAD_REQUEST,
                 "Missing or invalid Sec-WebSocket-Key header",
                 Rejection::BadRequest,
             ),
-            Refusal::Version => (
+            UpgradeRefusal::Version => (
                 StatusCode::BAD_REQUEST,
                 "Missing or invalid Sec-WebSocket-Version header",
                 Rejection::BadRequest,
             ),
-            Refusal::Path => (
+            UpgradeRefusal::Path => (
                 StatusCode::BAD_REQUEST,
                 "Bad Request",
                 Rejection::BadRequest,
             ),
-            Refusal::Draining => (
+            UpgradeRefusal::Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Server is shutting down",
                 Rejection::BadRequest,
             ),
-            Refusal::Origin { origin, ip } => {
+            UpgradeRefusal::Origin { origin, ip } => {
                 tracing::info!(ip = %LogIp(*ip), origin = ?origin, "websocket refused: origin not allowed");
                 (
                     StatusCode::FORBIDDEN,
@@ -200,7 +200,7 @@ impl Refusal {
                     Rejection::Origin,
                 )
             }
-            Refusal::PerIp(ip) => {
+            UpgradeRefusal::PerIp(ip) => {
                 tracing::info!(ip = %LogIp(*ip), "websocket refused: too many connections from this address");
                 (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -215,7 +215,7 @@ impl Refusal {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        if let Refusal::Version = self {
+        if let UpgradeRefusal::Version = self {
             headers.insert(
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13, 8"),
@@ -358,12 +358,12 @@ fn is_plain_target(target: &str) -> bool {
 }
 
 /// Checks an upgrade request hyper read: its parameters, its place in the per-IP count and
-/// the 101 to answer with, or the refusal (answer with [`Refusal::respond`]).
+/// the 101 to answer with, or the refusal (answer with [`UpgradeRefusal::respond`]).
 pub(crate) fn check<B>(
     request: &Request<B>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
-) -> Result<(ConnectParams, Origin, Response<Body>), Refusal> {
+) -> Result<(ConnectParams, Origin, Response<Body>), UpgradeRefusal> {
     let is_get = request.method() == Method::GET;
     let accepted = verdict(
         is_get,
