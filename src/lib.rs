@@ -12,6 +12,9 @@
 //! - [`room`]: the room actors (one task owns each room's members and offline queue; it
 //!   publishes the members' queues so that sessions deliver to connected peers directly) and
 //!   the registry that finds them. Global mode is a single room.
+//! - [`cluster`]: several nodes as one (`--cluster`): the NATS connection, the directory of
+//!   ids held on other nodes, claims, heartbeats and failure detection. Rooms reach it only
+//!   through [`room::remote::Remote`].
 //! - [`auth`]: signed join tokens (`--auth-secret`): verify a token, say what it grants.
 //! - [`issued_id`]: ids minted with a MAC (`--issued-ids-only`), and the check that an id was.
 //! - [`metrics`]: counters and gauges, JSON and Prometheus text.
@@ -33,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod issued_id;
@@ -111,6 +115,15 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RunError> {
         let shared = self.shared;
+        if let Some(cluster) = &shared.cluster {
+            cluster::start(
+                Arc::clone(cluster),
+                Arc::clone(&shared.rooms),
+                shared.shutdown.clone(),
+                shared.config.probe_timeout,
+            )
+            .await;
+        }
         let router = http::router(Arc::clone(&shared));
         let tracker = &shared.shutdown.tracker;
         tracker.spawn(http::accept_loop(
