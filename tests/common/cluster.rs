@@ -48,6 +48,8 @@ pub struct Nats {
     pub monitor_port: u16,
     routes: Vec<u16>,
     log: PathBuf,
+    /// `--no_advertise`: clients learn no other server from this one.
+    no_advertise: bool,
 }
 
 impl Nats {
@@ -69,6 +71,9 @@ impl Nats {
             .args(["-l", self.log.to_str().expect("utf-8 path")]);
         if !routes.is_empty() {
             command.args(["--routes", &routes.join(",")]);
+        }
+        if self.no_advertise {
+            command.arg("--no_advertise");
         }
         let child = command
             .stdin(Stdio::null())
@@ -135,6 +140,12 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts `n` servers and waits until every one has routes to all the others.
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, false).await
+    }
+
+    /// As [`Self::start`]; with `no_advertise` a client knows only the servers it was given
+    /// (so that killing its server cuts it off).
+    pub async fn start_with(n: usize, no_advertise: bool) -> Self {
         let dir = TempDir::new("nats");
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut servers = Vec::new();
@@ -151,6 +162,7 @@ impl NatsCluster {
                     .map(|(_, p)| *p)
                     .collect(),
                 log: dir.0.join(format!("nats-{i}.log")),
+                no_advertise,
             };
             server.spawn();
             servers.push(server);
