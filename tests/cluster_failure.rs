@@ -133,7 +133,7 @@ async fn a_node_cut_off_from_nats_degrades_then_rejoins_and_the_earlier_duplicat
     formed(&[&a, &b]).await;
     let mut alice = PeerClient::open(&a, "alice").await;
     let mut amy = PeerClient::open(&a, "amy").await;
-    let mut bob = PeerClient::open(&b, "bob").await;
+    let bob = PeerClient::open(&b, "bob").await;
     until_known(&a, "", "bob", true).await;
     until_known(&b, "", "alice", true).await;
 
