@@ -1285,6 +1285,94 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_are_checked_and_need_cluster() {
+        let c = run(&[
+            "--cluster",
+            "nats://a:4222,nats://b:4222",
+            "--node-name",
+            "eu-1",
+            "--cluster-user",
+            "u",
+            "--cluster-password",
+            "p",
+        ])
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(cluster.node_name, "eu-1");
+        assert_eq!(cluster.node_timeout, Duration::from_secs(3));
+        assert!(matches!(cluster.auth, ClusterAuth::UserPassword(..)));
+        assert!(!format!("{cluster:?}").contains("\"p\""));
+        let generated = run(&["--cluster", "nats://a:4222"])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(
+            is_valid_node_name(&generated.node_name),
+            "{}",
+            generated.node_name
+        );
+        assert!(Config::default().cluster.is_none());
+        for (args, needle) in [
+            (vec!["--node-name", "x"], "needs --cluster"),
+            (vec!["--cluster-token", "x"], "needs --cluster"),
+            (vec!["--cluster", "http://a:1"], "--cluster"),
+            (
+                vec!["--cluster", "nats://a:1", "--node-name", "a.b"],
+                "--node-name",
+            ),
+            (
+                vec!["--cluster", "nats://a:1", "--cluster-name", "a b"],
+                "--cluster-name",
+            ),
+            (
+                vec!["--cluster", "nats://a:1", "--cluster-user", "u"],
+                "go together",
+            ),
+            (
+                vec![
+                    "--cluster",
+                    "nats://a:1",
+                    "--cluster-token",
+                    "t",
+                    "--cluster-user",
+                    "u",
+                    "--cluster-password",
+                    "p",
+                ],
+                "one kind",
+            ),
+            (
+                vec![
+                    "--cluster",
+                    "nats://a:1",
+                    "--cluster-heartbeat",
+                    "1s",
+                    "--cluster-node-timeout",
+                    "1500ms",
+                ],
+                "--cluster-node-timeout",
+            ),
+            (
+                vec![
+                    "--cluster",
+                    "nats://a:1",
+                    "--cluster-creds",
+                    "/nonexistent/x.creds",
+                ],
+                "cannot read",
+            ),
+            (
+                vec!["--cluster", "nats://a:1", "--cluster-publish-backlog", "10"],
+                "--cluster-publish-backlog",
+            ),
+        ] {
+            let e = run(&args).unwrap_err();
+            assert!(e.contains(needle) && !e.contains('\n'), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn config_file_is_below_flags() {
         let dir = std::env::temp_dir().join(format!("peerjsd-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -218,3 +218,28 @@ async fn a_room_spans_nodes_with_one_size_limit_one_id_space_leave_and_peer_list
     // Its seat is free again, cluster-wide.
     let _p4 = PeerClient::open_with_token(&c, "p4", "room1").await;
 }
+
+#[tokio::test]
+async fn a_node_that_shuts_down_says_goodbye_and_its_rooms_hear_leave_at_once() {
+    let nats = NatsCluster::start(1).await;
+    let urls = nats.urls();
+    let rooms = |c: &mut peerjsd::Config| {
+        c.rooms = peerjsd::config::RoomMode::Token;
+        c.announce_leave = true;
+    };
+    let a = node(urls.clone(), "a", rooms).await;
+    let b = node(urls.clone(), "b", rooms).await;
+    formed(&[&a, &b]).await;
+    let mut p0 = PeerClient::open_with_token(&a, "p0", "room").await;
+    let mut p1 = PeerClient::open_with_token(&b, "p1", "room").await;
+    sees(&b, "room", "p0").await;
+    let stopped = tokio::time::timeout(common::WAIT, a.stop()).await;
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    assert_eq!(p0.closed().await.0, 1001);
+    assert_eq!(
+        p1.recv().await,
+        json!({"type": "LEAVE", "src": "p0", "dst": "p1"})
+    );
+    // Told by the goodbye, not by the node timeout.
+    assert_eq!(b.shared.metrics.cluster_nodes_lost.get(), 0);
+}

@@ -655,3 +655,79 @@ impl Remote for Cluster {
 async fn bounded<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
     timeout(limit, future).await.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterAuth;
+
+    fn cluster(backlog: usize, rooms: RoomMode) -> Arc<Cluster> {
+        let settings = ClusterConfig {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            name: "t".into(),
+            node_name: "me".into(),
+            auth: ClusterAuth::None,
+            tls_ca: None,
+            heartbeat: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_millis(50),
+            publish_backlog: backlog,
+        };
+        let mut config = Config::default();
+        config.rooms = rooms;
+        config.max_room_peers = 2;
+        Arc::new(Cluster::new(settings, &config, Arc::new(Metrics::new())))
+    }
+
+    #[test]
+    fn the_publish_queue_is_bounded_in_bytes_and_refuses_while_disconnected() {
+        let c = cluster(64 * 1024, RoomMode::Global);
+        let payload = Bytes::from(vec![b'x'; 1000]);
+        assert!(!c.publish(c.broadcast_subject(), payload.clone()));
+        assert_eq!(c.metrics.cluster_dropped(ClusterDrop::Disconnected), 1);
+        c.connected.store(true, Ordering::Release);
+        let mut accepted = 0;
+        while c.publish(c.broadcast_subject(), payload.clone()) {
+            accepted += 1;
+            assert!(accepted < 1000, "never refused");
+        }
+        // Nobody drains it here: it holds what fits in 64 KiB and no more.
+        assert_eq!(accepted, 64 * 1024 / (1000 + c.broadcast_subject().len()));
+        assert!(c.backlog.load(Ordering::Acquire) <= 64 * 1024);
+        assert_eq!(c.metrics.cluster_dropped(ClusterDrop::BacklogFull), 1);
+    }
+
+    #[tokio::test]
+    async fn seats_are_claimed_held_and_given_back_with_numbered_changes() {
+        // Alone (no other node known), and disconnected: claims are decided here.
+        let c = cluster(1 << 20, RoomMode::Token);
+        let id: Arc<str> = Arc::from("p0");
+        let Claimed::Granted(mut seat) = c.claim("r", &id, [1; 16]).await else {
+            panic!("not granted");
+        };
+        // A second claim of the same id here while the first is under way: taken.
+        assert!(matches!(
+            c.claim("r", &id, [1; 16]).await,
+            Claimed::Refused(Refusal::IdTaken)
+        ));
+        seat.hold();
+        assert!(matches!(c.claim("r", &id, [1; 16]).await, Claimed::Local));
+        let other: Arc<str> = Arc::from("p1");
+        let Claimed::Granted(second) = c.claim("r", &other, [2; 16]).await else {
+            panic!("not granted");
+        };
+        // Room of 2: the third claim in the room is refused while both seats are taken.
+        let third: Arc<str> = Arc::from("p2");
+        assert!(matches!(
+            c.claim("r", &third, [3; 16]).await,
+            Claimed::Refused(Refusal::RoomFull)
+        ));
+        drop(second);
+        drop(seat);
+        let local = c.lock_local();
+        assert!(local.rooms.is_empty(), "{:?}", local.rooms);
+        // One join and one leave, numbered 1 and 2 (the unheld claim changed nothing).
+        let ops: Vec<(u64, wire::ChangeOp)> = local.changes.iter().map(|c| (c.seq, c.op)).collect();
+        assert_eq!(ops, [(1, wire::ChangeOp::Join), (2, wire::ChangeOp::Leave)]);
+    }
+}

@@ -9,6 +9,7 @@
 //! changes from a node not yet known) is ignored. Work that has to wait (probing a holder
 //! for another node) runs in tasks of its own, at most [`MAX_RELEASES`] at once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -689,20 +690,17 @@ impl NodeTask {
         };
         state.applied = state.applied.max(chunk.seq);
         // What it held before and does not now left; what it holds now is (re)inserted.
-        let mut previous = directory.remove_node(&node);
+        let mut previous: HashSet<(Box<str>, Arc<str>)> =
+            directory.remove_node(&node).into_iter().collect();
         let mut joined = Vec::new();
         for entry in snapshot {
             let held = Held {
                 node: Arc::clone(&node),
                 ts: entry.ts,
             };
-            if let Some(i) = previous
-                .iter()
-                .position(|(room, id)| **room == *entry.room && **id == *entry.id)
-            {
-                previous.swap_remove(i);
-                insert_earlier(&mut directory, &entry.room, &entry.id, held);
-            } else if insert_earlier(&mut directory, &entry.room, &entry.id, held) {
+            let known =
+                previous.remove(&(Box::from(entry.room.as_str()), Arc::from(entry.id.as_str())));
+            if insert_earlier(&mut directory, &entry.room, &entry.id, held) && !known {
                 joined.push((entry.room, entry.id, entry.ts));
             }
         }
@@ -711,7 +709,7 @@ impl NodeTask {
         for (room, id, ts) in joined {
             self.joined_elsewhere(&room, &id, ts, &node);
         }
-        self.announce_gone(previous);
+        self.announce_gone(previous.into_iter().collect());
     }
 
     /// Declares dead every node not heard from for `--cluster-node-timeout`.
