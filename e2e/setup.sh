@@ -5,10 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ ! -x /usr/bin/chromium ]; then
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+# The cluster group runs two peerjsd nodes on a real NATS server.
+[ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q chromium
+  apt-get install -y -q "${missing[@]}"
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

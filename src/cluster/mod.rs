@@ -673,9 +673,11 @@ mod tests {
             request_timeout: Duration::from_millis(50),
             publish_backlog: backlog,
         };
-        let mut config = Config::default();
-        config.rooms = rooms;
-        config.max_room_peers = 2;
+        let config = Config {
+            rooms,
+            max_room_peers: 2,
+            ..Config::default()
+        };
         Arc::new(Cluster::new(settings, &config, Arc::new(Metrics::new())))
     }
 
