@@ -31,6 +31,13 @@
 //! [`TaskTracker`](tokio_util::task::TaskTracker) and ends on shutdown (accept loops and
 //! connections on the token, room actors on a `Shutdown` command, sessions when their room
 //! closes them), so [`Server::run`] can wait for all of them.
+//!
+//! With `--cluster`, two more: the cluster's node task (reads the bus, answers the other
+//! nodes, keeps the directory of their ids, sends heartbeats, declares silent nodes dead) and
+//! its publisher (the one writer to NATS, fed by a queue bounded in bytes), plus a short task
+//! per probe another node asks for. A message for a peer on another node goes session → room
+//! actor (the id is not a member here) → [`room::remote::Remote::deliver`] → publisher → NATS
+//! → the destination node's task → its room actor → the member's outbound queue.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -11,6 +11,11 @@
 //! keep order). The actor still decides everything else: who is a member, what is queued for
 //! whom, and who is closed as a slow reader (a direct push that fails goes through the actor).
 //!
+//! In a cluster (`--cluster`) the room also knows, through [`remote::Remote`], which ids other
+//! nodes hold: a message for one goes there, what waits in its offline queue follows the id
+//! to whichever node it joins, and departures elsewhere are announced to its members. The
+//! direct path between members of this node is the same with or without a cluster.
+//!
 //! In global mode the whole server is one room (key `""`); in token mode the token names
 //! the room. [`registry::RoomRegistry`] maps keys to live actors, spawning on first join and
 //! forgetting a room when its actor ends (no members and nothing queued).

@@ -5,7 +5,7 @@
 //! removes itself here *and* closes its mailbox while holding the lock, so a session either
 //! finds the live actor or spawns a new one; a join that raced the closing gets
 //! [`super::JoinReply::Retry`] and comes back here. An actor that panics is removed here by
-//! its task's guard ([`RoomRegistry::spawn`]), and a handle whose actor is gone is never handed
+//! its task's guard (`RoomRegistry::spawn`), and a handle whose actor is gone is never handed
 //! out again: the next join spawns a fresh actor.
 
 use std::collections::HashMap;
