@@ -227,6 +227,9 @@ pub struct Cluster {
     changed: Notify,
     /// The publish queue's receiving end, until the publisher task takes it.
     publish_rx: Mutex<Option<mpsc::Receiver<(Subject, Bytes)>>>,
+    /// Claims wait until then after (re)connecting: a node that has not heard the others'
+    /// heartbeats yet would not know whom to ask.
+    claims_from: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -262,6 +265,7 @@ impl Cluster {
             next_req: AtomicU64::new(1),
             changed: Notify::new(),
             publish_rx: Mutex::new(Some(publish_rx)),
+            claims_from: Mutex::new(None),
         }
     }
 
@@ -357,8 +361,22 @@ impl Cluster {
         }
     }
 
+    /// Called on (re)connecting: claims wait one and a half heartbeats, until every live node
+    /// has been heard from.
+    fn connected_now(&self) {
+        let at = Instant::now() + self.settings.heartbeat * 3 / 2;
+        *self.claims_from.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
     /// Claims `id` in `room` for a joining socket whose secret digests to `token`.
     pub async fn claim(self: &Arc<Self>, room: &str, id: &Arc<str>, token: TokenDigest) -> Claimed {
+        let wait_until = *self.claims_from.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = wait_until
+            && self.is_connected()
+            && Instant::now() < at
+        {
+            tokio::time::sleep_until(at).await;
+        }
         // 1. This node's own view: an id held here is the room's to decide; one being claimed
         //    by another socket here right now is taken.
         let ts = {

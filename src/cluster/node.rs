@@ -263,6 +263,7 @@ impl NodeTask {
         let was = self.cluster.connected.swap(up, Ordering::AcqRel);
         self.cluster.metrics.cluster_connected.set(i64::from(up));
         if up && !was {
+            self.cluster.connected_now();
             tracing::info!(node = &*self.cluster.node, "cluster connected");
             self.flush_changes();
             self.heartbeat();
