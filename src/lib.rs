@@ -126,7 +126,8 @@ impl Server {
             cluster::start(
                 Arc::clone(cluster),
                 Arc::clone(&shared.rooms),
-                shared.shutdown.clone(),
+                shared.shutdown.tracker.clone(),
+                shared.shutdown.token.clone(),
                 shared.config.probe_timeout,
             )
             .await;

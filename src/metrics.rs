@@ -185,6 +185,8 @@ label_enum! {
         Unanswered => "unanswered",
         /// The NATS client dropped inbound messages because this node did not keep up.
         SlowConsumer => "slow_consumer",
+        /// For a room whose mailbox stayed full while many others waited too.
+        RoomBusy => "room_busy",
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cluster::{NatsCluster, formed, node};
+use common::cluster::{NatsCluster, formed, node, until_known};
 use common::{PeerClient, TestServer, offer, relayed};
 use serde_json::json;
 
@@ -19,16 +19,7 @@ async fn three(nats: &NatsCluster) -> (TestServer, TestServer, TestServer) {
 
 /// Waits until `server` sees `id` registered on another node.
 async fn sees(server: &TestServer, room: &str, id: &str) {
-    let (room, id) = (room.to_owned(), id.to_owned());
-    server
-        .until(&format!("{id} to be known elsewhere"), move |shared| {
-            shared
-                .rooms
-                .remote
-                .as_ref()
-                .is_some_and(|r| r.locate(&room, &id).is_some())
-        })
-        .await;
+    until_known(server, room, id, true).await;
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{NatsCluster, Process, formed, node};
-use common::{PeerClient, TestServer, offer};
+use common::cluster::{NatsCluster, Process, formed, node, until_known};
+use common::{PeerClient, offer};
 use peerjsd::metrics::ClusterDrop;
 use serde_json::json;
 
@@ -28,19 +28,6 @@ fn process_args<'a>(url: &'a str, name: &'a str, rooms: bool) -> Vec<&'a str> {
         args.extend(["--rooms", "token"]);
     }
     args
-}
-
-async fn until_known(server: &TestServer, room: &str, id: &str, known: bool) {
-    let (room, id) = (room.to_owned(), id.to_owned());
-    server
-        .until(&format!("{id} known elsewhere: {known}"), move |shared| {
-            shared
-                .rooms
-                .remote
-                .as_ref()
-                .is_some_and(|r| r.locate(&room, &id).is_some() == known)
-        })
-        .await;
 }
 
 #[tokio::test]

@@ -27,7 +27,8 @@ use crate::config::ClusterAuth;
 use crate::metrics::{CloseReason, ClusterDrop};
 use crate::room::registry::RoomRegistry;
 use crate::room::{DstRef, Holder, Relay, RoomCmd, RoomHandle};
-use crate::state::Shutdown;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Releases (probes for other nodes' newcomers) under way at once; more are answered
 /// "alive", which can only keep a holder, never evict one.
@@ -37,6 +38,10 @@ const MAX_RELEASES: usize = 64;
 /// a slow consumer).
 const SUBSCRIPTION_CAPACITY: usize = 8 * 1024;
 
+/// Commands for rooms whose mailbox was full, waiting in tasks of their own; past it they
+/// are dropped and counted (`room_busy`): the node task never waits for a room.
+const MAX_WAITING_SENDS: usize = 1024;
+
 /// How long the publisher may take to hand the last messages (the goodbye) to NATS.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -45,7 +50,8 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 pub async fn start(
     cluster: Arc<Cluster>,
     rooms: Arc<RoomRegistry>,
-    shutdown: Shutdown,
+    tracker: TaskTracker,
+    token: CancellationToken,
     probe_timeout: Duration,
 ) {
     let settings = &cluster.settings;
@@ -133,7 +139,7 @@ pub async fn start(
         return;
     };
     let (stop_tx, stop_rx) = oneshot::channel();
-    shutdown.tracker.spawn(publish(
+    tracker.spawn(publish(
         client.clone(),
         Arc::clone(&cluster),
         publish_rx,
@@ -141,15 +147,15 @@ pub async fn start(
     ));
     let task = NodeTask {
         releases: Arc::new(Semaphore::new(MAX_RELEASES)),
+        waiting_sends: Arc::new(Semaphore::new(MAX_WAITING_SENDS)),
         cluster,
         rooms,
-        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        token,
         probe_timeout,
         published_seq: 0,
     };
-    shutdown
-        .tracker
-        .spawn(task.run(bcast, inbox, state_rx, stop_tx, client));
+    tracker.spawn(task.run(bcast, inbox, state_rx, stop_tx, client));
 }
 
 /// The publisher: hands queued messages to NATS, one at a time, in order. On `stop` it
@@ -202,9 +208,14 @@ async fn publish(
 struct NodeTask {
     cluster: Arc<Cluster>,
     rooms: Arc<RoomRegistry>,
-    shutdown: Shutdown,
+    /// Where the node task's helpers run (waits for full mailboxes, probes for others).
+    tracker: TaskTracker,
+    /// Cancelled on shutdown: the node says goodbye and ends.
+    token: CancellationToken,
     probe_timeout: Duration,
     releases: Arc<Semaphore>,
+    /// Bounds the commands waiting for a full room mailbox.
+    waiting_sends: Arc<Semaphore>,
     /// The number of the last change handed to the publisher (what heartbeats announce).
     published_seq: u64,
 }
@@ -221,7 +232,7 @@ impl NodeTask {
         let settings = &self.cluster.settings;
         let mut heartbeat = tokio::time::interval(settings.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let token = self.shutdown.token.clone();
+        let token = self.token.clone();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             let next_death = self.next_death();
@@ -540,8 +551,26 @@ impl NodeTask {
     /// Hands `cmd` to room `room` if it exists here; waits only if its mailbox is full.
     fn tell(&self, room: &str, cmd: RoomCmd) {
         if let Some(handle) = self.rooms.get(room) {
-            send_to_room(&self.shutdown, handle, cmd);
+            self.send_to_room(handle, cmd);
         }
+    }
+
+    /// Sends `cmd` to a room: at once if its mailbox has space, else from a task that waits
+    /// for it (at most [`MAX_WAITING_SENDS`] at once; rooms drain their mailboxes quickly, and
+    /// the node task never waits on one).
+    fn send_to_room(&self, room: RoomHandle, cmd: RoomCmd) {
+        use tokio::sync::mpsc::error::TrySendError;
+        let Err(TrySendError::Full(cmd)) = room.try_send(cmd) else {
+            return;
+        };
+        let Ok(permit) = Arc::clone(&self.waiting_sends).try_acquire_owned() else {
+            self.cluster.metrics.cluster_drop(ClusterDrop::RoomBusy);
+            return;
+        };
+        self.tracker.spawn(async move {
+            let _ = room.send(cmd).await;
+            drop(permit);
+        });
     }
 
     fn on_claim(&self, claim: wire::Claim) {
@@ -590,7 +619,7 @@ impl NodeTask {
             read_at: Instant::now(),
             sent: None,
         };
-        send_to_room(&self.shutdown, room, RoomCmd::Relay(relay));
+        self.send_to_room(room, RoomCmd::Relay(relay));
     }
 
     fn on_release(&self, release: wire::Release) {
@@ -614,7 +643,7 @@ impl NodeTask {
         };
         let cluster = Arc::clone(&self.cluster);
         let probe_timeout = self.probe_timeout;
-        self.shutdown.tracker.spawn(async move {
+        self.tracker.spawn(async move {
             let outcome = release_id(room, &release, probe_timeout).await;
             let message = Message::ReleaseReply(wire::ReleaseReply {
                 node: cluster.node.to_string(),
@@ -781,17 +810,6 @@ fn insert_earlier(directory: &mut super::Directory, room: &str, id: &str, held: 
         directory.remove(room, id, &node);
     }
     directory.insert(room, id, held)
-}
-
-/// Sends `cmd` to a room: at once if its mailbox has space, else from a task that waits
-/// for it (rooms drain their mailboxes quickly; the node task never waits on one).
-fn send_to_room(shutdown: &Shutdown, room: RoomHandle, cmd: RoomCmd) {
-    use tokio::sync::mpsc::error::TrySendError;
-    if let Err(TrySendError::Full(cmd)) = room.try_send(cmd) {
-        shutdown.tracker.spawn(async move {
-            let _ = room.send(cmd).await;
-        });
-    }
 }
 
 /// Asks the room holding `release.id` to let it go (see [`wire::Release`]).

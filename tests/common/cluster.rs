@@ -236,6 +236,21 @@ pub async fn formed(servers: &[&TestServer]) {
     }
 }
 
+/// Waits until `server` does (`known`) or does not know `id` in `room` as held on another
+/// node.
+pub async fn until_known(server: &TestServer, room: &str, id: &str, known: bool) {
+    let (room, id) = (room.to_owned(), id.to_owned());
+    server
+        .until(&format!("{id} known elsewhere: {known}"), move |shared| {
+            shared
+                .rooms
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.locate(&room, &id).is_some() == known)
+        })
+        .await;
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
