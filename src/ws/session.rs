@@ -555,7 +555,13 @@ where
                     loop {
                         let forwarded = match self.read(frame) {
                             Ok(None) => Ok(()),
-                            Ok(Some(cmd)) => forward(&self.room, cmd).await,
+                            Ok(Some(cmd)) => match forward(&self.room, cmd) {
+                                Forward::Done(result) => result,
+                                // Only the box is held across this await, not the command.
+                                Forward::Wait(send) => {
+                                    send.await.map_err(|_| CloseReason::Shutdown)
+                                }
+                            },
                             Err(why) => Err(why),
                         };
                         if let Err(why) = forwarded {
@@ -944,14 +950,22 @@ fn fragment_end(payload: &[u8], offset: usize) -> usize {
     end
 }
 
-/// Hands a command to the room; waits (boxed, off the hot path) only if its mailbox is full.
-/// The room ending under a registered peer only happens at shutdown.
-async fn forward(room: &RoomHandle, cmd: RoomCmd) -> Result<(), CloseReason> {
+/// A command handed to the room, or the wait for mailbox space.
+enum Forward<'a> {
+    /// Sent (or the room is gone: shutdown).
+    Done(Result<(), CloseReason>),
+    /// The mailbox is full: await this (boxed, off the hot path).
+    Wait(Pin<Box<dyn Future<Output = Result<(), RoomCmd>> + Send + 'a>>),
+}
+
+/// Hands a command to the room; only if its mailbox is full is there something to wait for.
+/// Not an `async fn`: the session's future would hold the command (its arguments) across the
+/// await, and every idle peer pays for the session future's size. The room ending under a
+/// registered peer only happens at shutdown.
+fn forward(room: &RoomHandle, cmd: RoomCmd) -> Forward<'_> {
     match room.try_send(cmd) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(cmd)) => Box::pin(room.send(cmd))
-            .await
-            .map_err(|_| CloseReason::Shutdown),
-        Err(TrySendError::Closed(_)) => Err(CloseReason::Shutdown),
+        Ok(()) => Forward::Done(Ok(())),
+        Err(TrySendError::Full(cmd)) => Forward::Wait(Box::pin(room.send(cmd))),
+        Err(TrySendError::Closed(_)) => Forward::Done(Err(CloseReason::Shutdown)),
     }
 }
