@@ -1293,6 +1293,99 @@ const TURN_GROUPS = [
   },
 ];
 
+// ------------------------------------------------------------------- cluster
+
+const CLUSTER_NAMES = {
+  global: "cluster: two peers on different peerjsd nodes (one NATS server) open a data channel, global mode",
+  rooms: "cluster: two peers of one room on different peerjsd nodes open a data channel, room mode",
+};
+
+const NATS_BIN = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].find((p) => existsSync(p));
+
+// A nats-server on a free port, ready when it accepts a TCP connection.
+async function startNats() {
+  if (!NATS_BIN) throw new Error("nats-server not found: apt-get install nats-server (e2e/setup.sh does)");
+  const port = await freePort();
+  const child = spawn(NATS_BIN, ["-a", "127.0.0.1", "-p", String(port)], { stdio: ["ignore", "ignore", "pipe"] });
+  children.add(child);
+  child.on("exit", () => children.delete(child));
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    const up = await new Promise((resolve) => {
+      const sock = net.connect(port, "127.0.0.1", () => { sock.destroy(); resolve(true); });
+      sock.on("error", () => resolve(false));
+    });
+    if (up) break;
+    if (Date.now() > deadline) throw new Error(`nats-server did not listen on ${port}`);
+    await new Promise((r) => setTimeout(r, 50)); // readiness poll interval
+  }
+  return { url: `nats://127.0.0.1:${port}`, stop: () => child.kill("SIGKILL") };
+}
+
+// Two peerjsd nodes on `nats`, each seeing the other (their /health says "nodes":1).
+async function startClusterNodes(nats, extra) {
+  const nodes = [];
+  for (const name of ["n1", "n2"]) {
+    nodes.push(await startSignalingServer({
+      ...extra,
+      args: ["--cluster", nats.url, "--cluster-name", `e2e-${RUN}`, "--node-name", `${name}-${RUN}`, ...(extra.args || [])],
+    }));
+  }
+  const deadline = Date.now() + 15000;
+  for (const node of nodes) {
+    for (;;) {
+      const r = await httpGet(`http://127.0.0.1:${node.port}/health`, 1000);
+      const health = JSON.parse(r.body);
+      if (health.cluster === "ok" && health.nodes === 1) break;
+      if (Date.now() > deadline) throw new Error(`cluster did not form: ${r.body}`);
+      await new Promise((res) => setTimeout(res, 50)); // readiness poll interval
+    }
+  }
+  return nodes;
+}
+
+// Peers A (on node 1) and B (on node 2) open; A connects to B; both exchange every payload.
+async function crossNodeChannel(nodes, extra, label) {
+  const a = await newPeerPage(`${label}-A`);
+  const b = await newPeerPage(`${label}-B`);
+  const aId = await openPeerOk(a, `${label}-alice-${RUN}`, peerOptions(nodes[0], extra));
+  const bId = await openPeerOk(b, `${label}-bob-${RUN}`, peerOptions(nodes[1], extra));
+  await ev(a, (id) => window.E2E.connect(id, 15000), bId);
+  await ev(b, (id) => window.E2E.waitIncoming(id, 15000), aId);
+  await exchange(a, aId, b, bId);
+  await exchange(b, bId, a, aId);
+}
+
+async function clusterScenario(_server, report) {
+  let nats = null;
+  try {
+    nats = await startNats();
+  } catch (e) {
+    for (const n of Object.values(CLUSTER_NAMES)) report(n, e);
+    return;
+  }
+  try {
+    for (const [name, mode] of [[CLUSTER_NAMES.global, {}], [CLUSTER_NAMES.rooms, { rooms: "token", maxRoomPeers: 4 }]]) {
+      let nodes = [];
+      let err = null;
+      try {
+        nodes = await startClusterNodes(nats, mode);
+        const extra = mode.rooms ? { token: `room-${RUN}` } : {};
+        await crossNodeChannel(nodes, extra, mode.rooms ? "rooms" : "global");
+      } catch (e) {
+        err = e;
+        for (const node of nodes) dumpServer(node);
+      } finally {
+        await closeAllContexts();
+        for (const node of nodes) await node.stop();
+      }
+      report(name, err);
+    }
+  } finally {
+    nats.stop();
+  }
+}
+
 // Groups of checks sharing one server configuration (null = no server).
 const GROUPS = [
   {
@@ -1326,6 +1419,13 @@ const GROUPS = [
   },
   ...AUTH_GROUPS,
   ...TURN_GROUPS,
+  {
+    server: null,
+    skipReference: "reference has no cluster",
+    scenario: clusterScenario,
+    names: Object.values(CLUSTER_NAMES),
+    budgetMs: 90000,
+  },
 ];
 
 // ------------------------------------------------------------------- runner

@@ -7,10 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # chromium for the pages; coturn (turnserver) for the TURN checks, which start their own
-# coturn on loopback (installing the package starts no service).
+# coturn on loopback (installing the package starts no service); nats-server for the cluster
+# group, which runs two peerjsd nodes on a real NATS server.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v turnserver >/dev/null || missing+=(coturn)
+[ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q

@@ -329,6 +329,72 @@ struct Cli {
     /// Without --auth-secret: GET {path}{key}/ice requests per minute per client IP (burst = rate; IPv6 per /64); HTTP 429 past it. 0 = no limit.
     #[arg(long, env = "PEERJSD_ICE_RATE_LIMIT", default_value = "60")]
     ice_rate_limit: u32,
+    /// Join a cluster of nodes through these NATS servers (comma-separated nats:// or tls:// URLs); unset: this node runs alone.
+    #[arg(
+        long,
+        env = "PEERJSD_CLUSTER",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    cluster: Vec<String>,
+
+    /// The cluster's name: nodes with the same name (on the same NATS) share one namespace.
+    #[arg(long, env = "PEERJSD_CLUSTER_NAME", default_value = "peerjsd")]
+    cluster_name: String,
+
+    /// This node's name in the cluster (letters, digits, '-', '_') [default: the hostname plus a random suffix].
+    #[arg(long, env = "PEERJSD_NODE_NAME")]
+    node_name: Option<String>,
+
+    /// NATS credentials file (JWT + NKey seed, as `nsc` writes it).
+    #[arg(long, env = "PEERJSD_CLUSTER_CREDS", value_name = "FILE")]
+    cluster_creds: Option<PathBuf>,
+
+    /// NATS user (with --cluster-password).
+    #[arg(long, env = "PEERJSD_CLUSTER_USER")]
+    cluster_user: Option<String>,
+
+    /// NATS password (with --cluster-user).
+    #[arg(
+        long,
+        env = "PEERJSD_CLUSTER_PASSWORD",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    cluster_password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(
+        long,
+        env = "PEERJSD_CLUSTER_TOKEN",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    cluster_token: Option<String>,
+
+    /// CA certificate (PEM) that signs the NATS servers' certificates; implies TLS.
+    #[arg(long, env = "PEERJSD_CLUSTER_TLS_CA", value_name = "FILE")]
+    cluster_tls_ca: Option<PathBuf>,
+
+    /// How often this node tells the cluster it is alive.
+    #[arg(long, env = "PEERJSD_CLUSTER_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    cluster_heartbeat: Duration,
+
+    /// A node not heard from for this long is dead: its ids and seats are freed cluster-wide.
+    #[arg(long, env = "PEERJSD_CLUSTER_NODE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    cluster_node_timeout: Duration,
+
+    /// How long a join waits for the other nodes to answer its claim on an id.
+    #[arg(long, env = "PEERJSD_CLUSTER_REQUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    cluster_request_timeout: Duration,
+
+    /// Bytes waiting to be published to NATS; past it cross-node messages get EXPIRE (and are counted).
+    #[arg(
+        long,
+        env = "PEERJSD_CLUSTER_PUBLISH_BACKLOG",
+        default_value = "8388608"
+    )]
+    cluster_publish_backlog: usize,
 }
 
 /// What `peerjsd` can do besides serving.
@@ -433,6 +499,44 @@ pub struct Config {
     /// `--id-secret` (and a previous one): the key of issued ids. Empty: the auth secrets,
     /// or without those a random key per process.
     pub id_secrets: Vec<Secret>,
+    /// `--cluster`: the NATS cluster this node joins; `None` runs alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `--cluster` and what goes with it.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs.
+    pub urls: Vec<String>,
+    /// `--cluster-name`: the subjects' prefix is `peerjsd.<name>.`.
+    pub name: String,
+    /// `--node-name`: this node's name, unique in the cluster.
+    pub node_name: String,
+    /// How to authenticate to NATS.
+    pub auth: ClusterAuth,
+    /// `--cluster-tls-ca`: trust this CA and require TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// `--cluster-heartbeat`.
+    pub heartbeat: Duration,
+    /// `--cluster-node-timeout`: the failure-detection bound.
+    pub node_timeout: Duration,
+    /// `--cluster-request-timeout`.
+    pub request_timeout: Duration,
+    /// `--cluster-publish-backlog`, in bytes.
+    pub publish_backlog: usize,
+}
+
+/// Credentials for the NATS connection (at most one kind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterAuth {
+    /// None.
+    None,
+    /// `--cluster-creds`.
+    Creds(PathBuf),
+    /// `--cluster-user` and `--cluster-password`.
+    UserPassword(String, Secret),
+    /// `--cluster-token`.
+    Token(Secret),
 }
 
 /// `--turn-secret` and what goes with it: the TURN credentials of `GET {path}{key}/ice`.
@@ -792,6 +896,187 @@ fn check_ice_uri(uri: &str, schemes: [&str; 2]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `name` can be a NATS subject token and a node or cluster name: 1-64 of
+/// `[A-Za-z0-9_-]`.
+pub fn is_valid_node_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// This machine's name with a random suffix, made a valid node name.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let mut name: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    if name.is_empty() {
+        name.push_str("node");
+    }
+    let mut bytes = [0u8; 4];
+    // No randomness at start-up: the process id still tells restarts apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = std::process::id().to_le_bytes();
+    }
+    format!("{name}-{:08x}", u32::from_le_bytes(bytes))
+}
+
+/// Validates the `--cluster*` flags into a [`ClusterConfig`] (`None` without `--cluster`).
+#[allow(clippy::too_many_arguments)]
+fn cluster_config(
+    urls: Vec<String>,
+    name: String,
+    node_name: Option<String>,
+    creds: Option<PathBuf>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    tls_ca: Option<PathBuf>,
+    (heartbeat, node_timeout, request_timeout): (Duration, Duration, Duration),
+    publish_backlog: usize,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let bad = |flag: &str, value: &dyn std::fmt::Display, why: &str| {
+        Err(ConfigError(format!(
+            "invalid value '{value}' for '--{flag}': {why}"
+        )))
+    };
+    let urls: Vec<String> = urls
+        .into_iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        let set = [
+            ("node-name", node_name.is_some()),
+            ("cluster-creds", creds.is_some()),
+            ("cluster-user", user.is_some()),
+            ("cluster-password", password.is_some()),
+            ("cluster-token", token.is_some()),
+            ("cluster-tls-ca", tls_ca.is_some()),
+        ];
+        if let Some((flag, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(ConfigError(format!(
+                "--{flag} needs --cluster (it configures the cluster's NATS connection)"
+            )));
+        }
+        return Ok(None);
+    }
+    for url in &urls {
+        let scheme_ok = ["nats://", "tls://"].iter().any(|s| url.starts_with(s));
+        if !scheme_ok || url.parse::<async_nats::ServerAddr>().is_err() {
+            return bad(
+                "cluster",
+                url,
+                "expected nats://host:port or tls://host:port",
+            );
+        }
+    }
+    if !is_valid_node_name(&name) {
+        return bad(
+            "cluster-name",
+            &name,
+            "1-64 letters, digits, '-' or '_' (it is part of NATS subjects)",
+        );
+    }
+    let node_name = match node_name {
+        Some(n) if !is_valid_node_name(&n) => {
+            return bad(
+                "node-name",
+                &n,
+                "1-64 letters, digits, '-' or '_' (it is part of NATS subjects)",
+            );
+        }
+        Some(n) => n,
+        None => default_node_name(),
+    };
+    let auth = match (creds, user, password, token) {
+        (None, None, None, None) => ClusterAuth::None,
+        (Some(path), None, None, None) => ClusterAuth::Creds(path),
+        (None, Some(user), Some(password), None) if !user.is_empty() => {
+            ClusterAuth::UserPassword(user, Secret::new(password.into_bytes()))
+        }
+        (None, None, None, Some(token)) if !token.is_empty() => {
+            ClusterAuth::Token(Secret::new(token.into_bytes()))
+        }
+        (None, Some(_), None, None) | (None, None, Some(_), None) => {
+            return Err(ConfigError(
+                "--cluster-user and --cluster-password go together".into(),
+            ));
+        }
+        _ => {
+            return Err(ConfigError(
+                "give one kind of NATS credentials: --cluster-creds, --cluster-user/--cluster-password or --cluster-token".into(),
+            ));
+        }
+    };
+    for (flag, path) in [
+        (
+            "cluster-creds",
+            match &auth {
+                ClusterAuth::Creds(path) => Some(path),
+                _ => None,
+            },
+        ),
+        ("cluster-tls-ca", tls_ca.as_ref()),
+    ] {
+        if let Some(path) = path
+            && let Err(e) = std::fs::read(path)
+        {
+            return Err(ConfigError(format!(
+                "cannot read --{flag} {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    if heartbeat < Duration::from_millis(50) {
+        return bad(
+            "cluster-heartbeat",
+            &format!("{heartbeat:?}"),
+            "must be at least 50ms",
+        );
+    }
+    if node_timeout < heartbeat * 2 {
+        return bad(
+            "cluster-node-timeout",
+            &format!("{node_timeout:?}"),
+            "must be at least twice --cluster-heartbeat (one lost heartbeat must not kill a node)",
+        );
+    }
+    if request_timeout.is_zero() {
+        return bad("cluster-request-timeout", &"0", "must be more than 0");
+    }
+    if publish_backlog < 64 * 1024 {
+        return bad(
+            "cluster-publish-backlog",
+            &publish_backlog,
+            "must be at least 65536 bytes",
+        );
+    }
+    Ok(Some(ClusterConfig {
+        urls,
+        name,
+        node_name,
+        auth,
+        tls_ca,
+        heartbeat,
+        node_timeout,
+        request_timeout,
+        publish_backlog,
+    }))
+}
+
 fn clap_error(e: clap::Error) -> Result<Parsed, ConfigError> {
     use clap::error::ErrorKind;
     match e.kind() {
@@ -1039,6 +1324,22 @@ impl TryFrom<Cli> for Config {
             cli.turn_ttl,
             cli.ice_rate_limit,
         )?;
+        let cluster = cluster_config(
+            cli.cluster,
+            cli.cluster_name,
+            cli.node_name,
+            cli.cluster_creds,
+            cli.cluster_user,
+            cli.cluster_password,
+            cli.cluster_token,
+            cli.cluster_tls_ca,
+            (
+                cli.cluster_heartbeat,
+                cli.cluster_node_timeout,
+                cli.cluster_request_timeout,
+            ),
+            cli.cluster_publish_backlog,
+        )?;
         let room_mode = cli.rooms == RoomMode::Token;
         Ok(Config {
             port: cli.port,
@@ -1086,6 +1387,7 @@ impl TryFrom<Cli> for Config {
             issued_ids_only: cli.issued_ids_only,
             id_secrets,
             turn,
+            cluster,
         })
     }
 }
@@ -1387,6 +1689,94 @@ mod tests {
             e.starts_with("invalid value 'turn:a:0' for '--turn-uri'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cluster_flags_are_checked_and_need_cluster() {
+        let c = run(&[
+            "--cluster",
+            "nats://a:4222,nats://b:4222",
+            "--node-name",
+            "eu-1",
+            "--cluster-user",
+            "u",
+            "--cluster-password",
+            "p",
+        ])
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(cluster.node_name, "eu-1");
+        assert_eq!(cluster.node_timeout, Duration::from_secs(3));
+        assert!(matches!(cluster.auth, ClusterAuth::UserPassword(..)));
+        assert!(!format!("{cluster:?}").contains("\"p\""));
+        let generated = run(&["--cluster", "nats://a:4222"])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(
+            is_valid_node_name(&generated.node_name),
+            "{}",
+            generated.node_name
+        );
+        assert!(Config::default().cluster.is_none());
+        for (args, needle) in [
+            (vec!["--node-name", "x"], "needs --cluster"),
+            (vec!["--cluster-token", "x"], "needs --cluster"),
+            (vec!["--cluster", "http://a:1"], "--cluster"),
+            (
+                vec!["--cluster", "nats://a:1", "--node-name", "a.b"],
+                "--node-name",
+            ),
+            (
+                vec!["--cluster", "nats://a:1", "--cluster-name", "a b"],
+                "--cluster-name",
+            ),
+            (
+                vec!["--cluster", "nats://a:1", "--cluster-user", "u"],
+                "go together",
+            ),
+            (
+                vec![
+                    "--cluster",
+                    "nats://a:1",
+                    "--cluster-token",
+                    "t",
+                    "--cluster-user",
+                    "u",
+                    "--cluster-password",
+                    "p",
+                ],
+                "one kind",
+            ),
+            (
+                vec![
+                    "--cluster",
+                    "nats://a:1",
+                    "--cluster-heartbeat",
+                    "1s",
+                    "--cluster-node-timeout",
+                    "1500ms",
+                ],
+                "--cluster-node-timeout",
+            ),
+            (
+                vec![
+                    "--cluster",
+                    "nats://a:1",
+                    "--cluster-creds",
+                    "/nonexistent/x.creds",
+                ],
+                "cannot read",
+            ),
+            (
+                vec!["--cluster", "nats://a:1", "--cluster-publish-backlog", "10"],
+                "--cluster-publish-backlog",
+            ),
+        ] {
+            let e = run(&args).unwrap_err();
+            assert!(e.contains(needle) && !e.contains('\n'), "{args:?}: {e}");
+        }
     }
 
     #[test]

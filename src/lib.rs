@@ -21,6 +21,9 @@
 //!   publishes the members' queues so that sessions deliver to connected peers directly) and
 //!   the registry that finds them, with the budgets (peer slots, queued bytes) they draw on.
 //!   Global mode is a single room.
+//! - [`cluster`]: several nodes as one (`--cluster`): the NATS connection, the directory of
+//!   ids held on other nodes, claims, heartbeats and failure detection. Rooms reach it only
+//!   through [`room::remote::Remote`].
 //! - [`auth`]: signed join tokens (`--auth-secret`): verify a token, say what it grants.
 //! - [`issued_id`]: ids minted with a MAC (`--issued-ids-only`), and the check that an id was.
 //! - [`metrics`]: counters and gauges, JSON and Prometheus text.
@@ -37,11 +40,19 @@
 //! [`TaskTracker`](tokio_util::task::TaskTracker) and ends on shutdown (accept loops and
 //! connections on the token, room actors on a `Shutdown` command, sessions when their room
 //! closes them), so [`Server::run`] can wait for all of them.
+//!
+//! With `--cluster`, two more: the cluster's node task (reads the bus, answers the other
+//! nodes, keeps the directory of their ids, sends heartbeats, declares silent nodes dead) and
+//! its publisher (the one writer to NATS, fed by a queue bounded in bytes), plus a short task
+//! per probe another node asks for. A message for a peer on another node goes session → room
+//! actor (the id is not a member here) → [`room::remote::Remote::deliver`] → publisher → NATS
+//! → the destination node's task → its room actor → the member's outbound queue.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod gate;
 pub mod http;
@@ -121,6 +132,16 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RunError> {
         let shared = self.shared;
+        if let Some(cluster) = &shared.cluster {
+            cluster::start(
+                Arc::clone(cluster),
+                Arc::clone(&shared.rooms),
+                shared.shutdown.tracker.clone(),
+                shared.shutdown.token.clone(),
+                shared.config.probe_timeout,
+            )
+            .await;
+        }
         let router = http::router(Arc::clone(&shared));
         let tracker = &shared.shutdown.tracker;
         tracker.spawn(http::accept_loop(

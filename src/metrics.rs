@@ -58,6 +58,9 @@ label_enum! {
         SlowReader => "slow_reader",
         /// LEAVE/EXPIRE to a peer that is not connected, or a message with no `dst`.
         Undeliverable => "undeliverable",
+        /// For a peer on another node, while the cluster's bus is unreachable or its publish
+        /// backlog is full: EXPIRE sent at once.
+        ClusterUnreachable => "cluster_unreachable",
     }
 }
 
@@ -168,6 +171,31 @@ label_enum! {
         Shutdown => "shutdown",
         /// The peer's room failed (its actor panicked); close 1011.
         RoomFailed => "room_failed",
+        /// Its id was also registered on another node during a partition, and the other
+        /// registration was earlier (the cluster's partition rule); close 1008.
+        DuplicateId => "duplicate_id",
+    }
+}
+
+label_enum! {
+    /// Why a cluster message was not sent or not used (`--cluster`).
+    ClusterDrop {
+        /// A message on a cluster subject that is not a well-formed message of the protocol.
+        Malformed => "malformed",
+        /// A message from a node using this node's own name (a misconfiguration).
+        NameClash => "name_clash",
+        /// Not published: the NATS connection is down.
+        Disconnected => "disconnected",
+        /// Not published: `--cluster-publish-backlog` is full.
+        BacklogFull => "backlog_full",
+        /// NATS refused it (e.g. larger than its max_payload).
+        PublishFailed => "publish_failed",
+        /// A claim that some live node did not answer in time (decided without it).
+        Unanswered => "unanswered",
+        /// The NATS client dropped inbound messages because this node did not keep up.
+        SlowConsumer => "slow_consumer",
+        /// For a room whose mailbox stayed full while many others waited too.
+        RoomBusy => "room_busy",
     }
 }
 
@@ -211,6 +239,23 @@ pub struct Metrics {
     pub queued_bytes: Gauge,
     /// Seconds from reading a message to handing it to the destination's writer.
     pub relay_latency: Histogram,
+    /// 1 while the cluster's NATS connection is up (0 without `--cluster`, or degraded).
+    pub cluster_connected: Gauge,
+    /// Other nodes alive.
+    pub cluster_nodes: Gauge,
+    /// Ids held on other nodes.
+    pub cluster_remote_peers: Gauge,
+    /// Messages handed to NATS for peers on other nodes.
+    pub cluster_sent: Counter,
+    /// Messages from other nodes for peers here.
+    pub cluster_received: Counter,
+    /// Nodes declared dead (no heartbeat for `--cluster-node-timeout`).
+    pub cluster_nodes_lost: Counter,
+    /// Registrations closed by the partition rule (`duplicate_id`).
+    pub cluster_duplicates: Counter,
+    /// Snapshots received from other nodes (after a gap, a restart or a partition).
+    pub cluster_syncs: Counter,
+    cluster_dropped: Vec<Counter>,
     /// Last sample for the JSON rates: (when, relayed, errors) and the rates it produced.
     rate_sample: Mutex<RateSample>,
     /// TCP connections open on any listener, from accept to close.
@@ -362,6 +407,61 @@ impl Metrics {
              bytes of an answer for --write-timeout",
             http_write_timeouts.clone(),
         );
+        let cluster_connected = Gauge::default();
+        registry.register(
+            "cluster_connected",
+            "1 while the cluster's NATS connection is up (0 without --cluster or when degraded)",
+            cluster_connected.clone(),
+        );
+        let cluster_nodes = Gauge::default();
+        registry.register(
+            "cluster_nodes",
+            "Other cluster nodes alive",
+            cluster_nodes.clone(),
+        );
+        let cluster_remote_peers = Gauge::default();
+        registry.register(
+            "cluster_remote_peers",
+            "Ids registered on other cluster nodes",
+            cluster_remote_peers.clone(),
+        );
+        let cluster_sent = Counter::default();
+        registry.register(
+            "cluster_messages_sent",
+            "Messages published for peers on other nodes",
+            cluster_sent.clone(),
+        );
+        let cluster_received = Counter::default();
+        registry.register(
+            "cluster_messages_received",
+            "Messages from other nodes for peers here",
+            cluster_received.clone(),
+        );
+        let cluster_nodes_lost = Counter::default();
+        registry.register(
+            "cluster_nodes_lost",
+            "Nodes declared dead after --cluster-node-timeout without a heartbeat",
+            cluster_nodes_lost.clone(),
+        );
+        let cluster_duplicates = Counter::default();
+        registry.register(
+            "cluster_duplicates",
+            "Registrations closed by the partition rule (an earlier claim held the id)",
+            cluster_duplicates.clone(),
+        );
+        let cluster_syncs = Counter::default();
+        registry.register(
+            "cluster_syncs",
+            "Snapshots of other nodes' ids received",
+            cluster_syncs.clone(),
+        );
+        let cluster_dropped = family(
+            &mut registry,
+            "cluster_dropped",
+            "Cluster messages not sent or not used, by reason",
+            "reason",
+            ClusterDrop::ALL.iter().map(|r| r.as_str()),
+        );
         registry.register_collector(Box::new(LogLinesDropped));
         let now = Instant::now();
         let mut process = Registry::default();
@@ -383,6 +483,15 @@ impl Metrics {
             queued_messages,
             queued_bytes,
             relay_latency,
+            cluster_connected,
+            cluster_nodes,
+            cluster_remote_peers,
+            cluster_sent,
+            cluster_received,
+            cluster_nodes_lost,
+            cluster_duplicates,
+            cluster_syncs,
+            cluster_dropped,
             rate_sample: Mutex::new(RateSample {
                 at: now,
                 messages: 0,
@@ -412,6 +521,16 @@ impl Metrics {
     /// Counts a refused connection attempt.
     pub fn reject(&self, why: Rejection) {
         self.rejected[why as usize].inc();
+    }
+
+    /// Counts a cluster message not sent or not used.
+    pub fn cluster_drop(&self, why: ClusterDrop) {
+        self.cluster_dropped[why as usize].inc();
+    }
+
+    /// Current value of a cluster drop counter.
+    pub fn cluster_dropped(&self, why: ClusterDrop) -> u64 {
+        self.cluster_dropped[why as usize].get()
     }
 
     /// Counts a room actor that failed.

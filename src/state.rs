@@ -1,5 +1,6 @@
 //! What every part of the server shares: configuration, metrics, the room registry (which
-//! holds the budgets rooms draw on), the per-IP connection counts, and the shutdown signal.
+//! holds the budgets rooms draw on), the cluster (with `--cluster`), the per-IP connection
+//! counts, and the shutdown signal.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::gate::{Gate, address_key};
 use crate::issued_id::IdIssuer;
@@ -42,6 +44,8 @@ pub struct Shared {
     pub auth: Option<TokenVerifier>,
     /// Mints and checks issued ids (`--issued-ids-only`).
     pub ids: Option<IdIssuer>,
+    /// The cluster this node is part of (`--cluster`); `None` when it runs alone.
+    pub cluster: Option<Arc<Cluster>>,
     /// Open WebSocket sessions per client address key, for `--max-connections-per-ip`.
     per_ip: DashMap<IpAddr, usize>,
     /// Every TCP connection's place, per address and among those in their handshake.
@@ -72,10 +76,18 @@ impl Shared {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let shutdown = Shutdown::default();
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|settings| Arc::new(Cluster::new(settings, &config, Arc::clone(&metrics))));
+        let remote = cluster
+            .clone()
+            .map(|c| c as Arc<dyn crate::room::remote::Remote>);
         let rooms = Arc::new(RoomRegistry::new(
             Arc::clone(&config),
             Arc::clone(&metrics),
             shutdown.tracker.clone(),
+            remote,
         ));
         let gate = Arc::new(Gate::new(&config, Arc::clone(&metrics)));
         Shared {
@@ -85,6 +97,7 @@ impl Shared {
             metrics,
             rooms,
             shutdown,
+            cluster,
             draining: AtomicBool::new(false),
             per_ip: DashMap::new(),
             gate,

@@ -81,6 +81,9 @@ enum ScenarioId {
     Churn,
     Rooms4,
     Hold19k,
+    /// 5,000 msgs/s as rate5k, against peerjsd alone, peerjsd with `--cluster` (all pairs on
+    /// one node) and two clustered nodes (pairs split across them).
+    Cluster,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
@@ -92,6 +95,12 @@ enum ServerKind {
     /// peerjsd with `--auth-secret`, the load generator presenting signed join tokens: what
     /// verifying a token costs per connection.
     PeerjsdAuth,
+    /// peerjsd with `--cluster` on a nats-server, every peer on this one node: what the
+    /// cluster costs same-node relays. CPU: the node plus nats-server.
+    ClusterSame,
+    /// Two peerjsd nodes on one nats-server, each pair's first peer on node A and the
+    /// second on node B: every message crosses nodes. CPU: both nodes plus nats-server.
+    ClusterCross,
 }
 
 impl ServerKind {
@@ -102,6 +111,8 @@ impl ServerKind {
             ServerKind::Baseline => "baseline",
             ServerKind::Peerjsd => "peerjsd",
             ServerKind::PeerjsdAuth => "peerjsd-auth",
+            ServerKind::ClusterSame => "cluster-same",
+            ServerKind::ClusterCross => "cluster-cross",
         }
     }
 
@@ -109,8 +120,17 @@ impl ServerKind {
     fn is_peerjsd(self) -> bool {
         matches!(
             self,
-            ServerKind::Peerjsd | ServerKind::PeerjsdAuth | ServerKind::Baseline
+            ServerKind::Peerjsd
+                | ServerKind::PeerjsdAuth
+                | ServerKind::Baseline
+                | ServerKind::ClusterSame
+                | ServerKind::ClusterCross
         )
+    }
+
+    /// Whether it runs on a nats-server.
+    fn is_cluster(self) -> bool {
+        matches!(self, ServerKind::ClusterSame | ServerKind::ClusterCross)
     }
 }
 
@@ -124,6 +144,7 @@ impl ScenarioId {
             ScenarioId::Churn => "churn",
             ScenarioId::Rooms4 => "rooms4",
             ScenarioId::Hold19k => "hold19k",
+            ScenarioId::Cluster => "cluster",
         }
     }
 
@@ -136,6 +157,9 @@ impl ScenarioId {
             ScenarioId::Churn => "churn: connect, OPEN, one OFFER, close",
             ScenarioId::Rooms4 => "rooms of 4: join, full-mesh signaling, leave",
             ScenarioId::Hold19k => "hold ~19,000 idle peers",
+            ScenarioId::Cluster => {
+                "cluster: 5,000 msgs/s (1,000 pairs × 5/s) on one node, with and without --cluster, and across two nodes"
+            }
         }
     }
 
@@ -164,7 +188,7 @@ impl ScenarioId {
                 warm,
                 dur,
             ),
-            ScenarioId::Rate5k => {
+            ScenarioId::Rate5k | ScenarioId::Cluster => {
                 let pairs = if quick { "200" } else { "1000" };
                 let window = if quick { ("0.5", "1.5") } else { ("3", "10") };
                 let args = strings(&["rate", "--pairs", pairs, "--per-pair-rate", "5"]);
@@ -318,8 +342,15 @@ fn main() {
     } else {
         cli.scenarios.clone()
     };
+    let nats = NATS_SERVERS.iter().map(Path::new).find(|p| p.is_file());
+    if nats.is_none() {
+        notes.push("cluster-same, cluster-cross: no nats-server (apt-get install nats-server); not measured".into());
+    }
     let available = |k: ServerKind| match k {
         ServerKind::Peerjsd | ServerKind::PeerjsdAuth => setup.peerjsd.is_some(),
+        ServerKind::ClusterSame | ServerKind::ClusterCross => {
+            setup.peerjsd.is_some() && nats.is_some()
+        }
         ServerKind::Baseline => setup.baseline.is_some(),
         ServerKind::PeerjsServer => setup.node_script.is_some(),
         ServerKind::Floor => true,
@@ -333,6 +364,13 @@ fn main() {
             cli.servers.clone()
         } else if sc == ScenarioId::Hold19k {
             vec![ServerKind::Baseline, ServerKind::Peerjsd]
+        } else if sc == ScenarioId::Cluster {
+            vec![
+                ServerKind::Baseline,
+                ServerKind::Peerjsd,
+                ServerKind::ClusterSame,
+                ServerKind::ClusterCross,
+            ]
         } else if sc == ScenarioId::Churn {
             // Connections are where a join token is checked: measure peerjsd with it too.
             vec![
@@ -528,7 +566,11 @@ fn server_command(setup: &Setup, srv: ServerKind, port: u16, rooms: bool) -> Com
     cmd.arg("-c").arg(setup.server_cpu.to_string());
     let p = port.to_string();
     match srv {
-        ServerKind::Peerjsd | ServerKind::PeerjsdAuth | ServerKind::Baseline => {
+        ServerKind::Peerjsd
+        | ServerKind::PeerjsdAuth
+        | ServerKind::Baseline
+        | ServerKind::ClusterSame
+        | ServerKind::ClusterCross => {
             let binary = if srv == ServerKind::Baseline {
                 setup.baseline.as_deref()
             } else {
@@ -650,6 +692,9 @@ fn run_one(
     let log = setup
         .out
         .join(format!("{}-{}-{}.log", sc.name(), srv.name(), rep + 1));
+    if srv.is_cluster() {
+        return run_cluster(setup, cli, sc, rep, srv, rooms);
+    }
     let (mut child, port) = match start_server(setup, srv, rooms, &log) {
         Ok(x) => x,
         Err(e) => {
@@ -687,7 +732,167 @@ fn run_one(
     };
     let _ = child.kill();
     let _ = child.wait();
-    let report = match output {
+    Run {
+        report: loadgen_report(output),
+        server_note,
+    }
+}
+
+/// Where Debian's nats-server may be.
+const NATS_SERVERS: [&str; 2] = ["/usr/sbin/nats-server", "/usr/bin/nats-server"];
+
+/// A cluster run: a nats-server and one or two peerjsd nodes on it, all pinned to the
+/// server core; the load generator counts all of their CPU.
+fn run_cluster(
+    setup: &Setup,
+    cli: &Cli,
+    sc: ScenarioId,
+    rep: usize,
+    srv: ServerKind,
+    rooms: bool,
+) -> Run {
+    let failed = |why: String| Run {
+        report: LoadReport {
+            error: Some(why.clone()),
+            ..Default::default()
+        },
+        server_note: Some(why),
+    };
+    let Some(nats_bin) = NATS_SERVERS.iter().map(Path::new).find(|p| p.is_file()) else {
+        return failed("did not start (no nats-server)".into());
+    };
+    let name = |what: &str| {
+        setup.out.join(format!(
+            "{}-{}-{}-{what}.log",
+            sc.name(),
+            srv.name(),
+            rep + 1
+        ))
+    };
+    let nats_port = free_port(rep + 7);
+    let mut children: Vec<Child> = Vec::new();
+    let kill_all = |children: &mut Vec<Child>| {
+        for child in children.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    };
+    let mut nats = Command::new("taskset");
+    nats.arg("-c")
+        .arg(setup.server_cpu.to_string())
+        .arg(nats_bin)
+        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()]);
+    match spawn_logged(nats, &name("nats")) {
+        Ok(child) => children.push(child),
+        Err(e) => return failed(e),
+    }
+    if !wait_port(nats_port) {
+        kill_all(&mut children);
+        return failed("did not start (nats-server did not listen)".into());
+    }
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    let nodes = if srv == ServerKind::ClusterCross {
+        2
+    } else {
+        1
+    };
+    let mut ports = Vec::new();
+    for n in 0..nodes {
+        let port = free_port(rep * 2 + n + 11);
+        let mut cmd = server_command(setup, ServerKind::Peerjsd, port, rooms);
+        cmd.args(["--cluster", &url, "--node-name", &format!("bench-{n}")]);
+        match spawn_logged(cmd, &name(&format!("node{n}"))) {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                kill_all(&mut children);
+                return failed(e);
+            }
+        }
+        if !wait_port(port) {
+            kill_all(&mut children);
+            return failed(format!("did not start (node {n} did not listen)"));
+        }
+        ports.push(port);
+    }
+    // Both nodes see each other before the load starts.
+    if nodes == 2 && !ports.iter().all(|&p| wait_health(p, r#""nodes":1"#)) {
+        kill_all(&mut children);
+        return failed("the two nodes did not see each other within 15 s".into());
+    }
+    sleep(Duration::from_millis(300));
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
+        .arg(setup.loadgen_cpu.to_string())
+        .arg(&setup.loadgen)
+        .args(["--port", &ports[0].to_string()])
+        .args(["--server-pid", &pids[1].to_string()])
+        .args(["--also-pid", &pids[0].to_string()]);
+    if let Some(port2) = ports.get(1) {
+        cmd.args(["--port2", &port2.to_string()])
+            .args(["--also-pid", &pids[2].to_string()]);
+    }
+    cmd.args(sc.loadgen_args(cli.quick, cli.hold_peers, rooms))
+        .stdin(Stdio::null());
+    let output = cmd.output();
+    let died = children
+        .iter_mut()
+        .any(|c| matches!(c.try_wait(), Ok(Some(_))));
+    kill_all(&mut children);
+    Run {
+        report: loadgen_report(output),
+        server_note: died.then(|| "a node or nats-server exited during the run".into()),
+    }
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child, String> {
+    let out = File::create(log).map_err(|e| format!("log file: {e}"))?;
+    let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .map_err(|e| format!("did not start: {e} ({cmd:?})"))
+}
+
+/// Waits (at most 15 s) until `port` accepts connections.
+fn wait_port(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits (at most 15 s) until `/health` on `port` contains `needle`.
+fn wait_health(port: u16, needle: &str) -> bool {
+    use std::io::Read;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+            let request = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            let mut body = String::new();
+            if stream.write_all(request.as_bytes()).is_ok()
+                && stream.read_to_string(&mut body).is_ok()
+                && body.contains(needle)
+            {
+                return true;
+            }
+        }
+        sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The load generator's report line, or why there is none.
+fn loadgen_report(output: std::io::Result<std::process::Output>) -> LoadReport {
+    match output {
         Ok(o) => {
             let stdout = String::from_utf8_lossy(&o.stdout);
             match stdout
@@ -710,10 +915,6 @@ fn run_one(
             error: Some(format!("loadgen did not run: {e}")),
             ..Default::default()
         },
-    };
-    Run {
-        report,
-        server_note,
     }
 }
 
@@ -933,7 +1134,7 @@ fn rows(sc: ScenarioId) -> Vec<Row> {
             text("bound by", bound),
             text("loss / order checks", checks),
         ],
-        ScenarioId::Rate5k => vec![
+        ScenarioId::Rate5k | ScenarioId::Cluster => vec![
             num("msgs/s delivered", |r| Some(r.rate()), 0),
             num("latency p50 µs", |r| r.lat_p50_us, 0),
             num("latency p90 µs", |r| r.lat_p90_us, 0),
@@ -1052,6 +1253,8 @@ fn render(
         ServerKind::Baseline,
         ServerKind::Peerjsd,
         ServerKind::PeerjsdAuth,
+        ServerKind::ClusterSame,
+        ServerKind::ClusterCross,
     ];
     let present: Vec<ServerKind> = servers
         .into_iter()
@@ -1062,12 +1265,24 @@ fn render(
     let mut ratios: Vec<(ServerKind, ServerKind)> = Vec::new();
     if present.contains(&ServerKind::Peerjsd) {
         for &k in &present {
-            if !matches!(k, ServerKind::Peerjsd | ServerKind::PeerjsdAuth) {
+            if !matches!(
+                k,
+                ServerKind::Peerjsd
+                    | ServerKind::PeerjsdAuth
+                    | ServerKind::ClusterSame
+                    | ServerKind::ClusterCross
+            ) {
                 ratios.push((ServerKind::Peerjsd, k));
             }
         }
         if present.contains(&ServerKind::PeerjsdAuth) {
             ratios.push((ServerKind::PeerjsdAuth, ServerKind::Peerjsd));
+        }
+        // The cluster's costs: same-node relays with it on ÷ off, and across nodes ÷ one node.
+        for k in [ServerKind::ClusterSame, ServerKind::ClusterCross] {
+            if present.contains(&k) {
+                ratios.push((k, ServerKind::Peerjsd));
+            }
         }
     }
     let mut s = String::from(machine);

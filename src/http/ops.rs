@@ -39,7 +39,9 @@ fn json(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
-/// `{"status":"ok"|"draining","timestamp":<ms>,"version":…}`; 503 while draining.
+/// `{"status":"ok"|"draining","timestamp":<ms>,"version":…}`; 503 while draining. With
+/// `--cluster` also `"cluster":"ok"|"degraded"` (still 200 when degraded: the node serves
+/// its own peers), `"node"` and `"nodes"` (the other nodes alive).
 pub async fn health(State(shared): State<Arc<Shared>>) -> Response<Body> {
     let draining = shared.draining.load(Ordering::Acquire);
     let (status, text) = if draining {
@@ -47,8 +49,21 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response<Body> {
     } else {
         (StatusCode::OK, "ok")
     };
+    let cluster = match &shared.cluster {
+        None => String::new(),
+        Some(cluster) => format!(
+            r#","cluster":"{}","node":"{}","nodes":{}"#,
+            if cluster.is_connected() {
+                "ok"
+            } else {
+                "degraded"
+            },
+            cluster.node(),
+            cluster.live_nodes()
+        ),
+    };
     let body = format!(
-        r#"{{"status":"{text}","timestamp":{},"version":"{}"}}"#,
+        r#"{{"status":"{text}","timestamp":{},"version":"{}"{cluster}}}"#,
         now_ms(),
         env!("CARGO_PKG_VERSION")
     );

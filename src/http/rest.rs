@@ -195,10 +195,19 @@ async fn peers(
             );
         }
     };
-    let ids = match shared.rooms.get(key) {
+    let mut ids = match shared.rooms.get(key) {
         Some(room) => room.list_peers().await,
         None => Vec::new(),
     };
+    // In a cluster, the room's members on the other nodes too.
+    if let Some(remote) = &shared.rooms.remote {
+        let here = ids.len();
+        for id in remote.members(key) {
+            if !ids[..here].contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
     let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
     let body = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
     with_type(body, "application/json; charset=utf-8")

@@ -30,7 +30,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::budget::{PeerSlot, QueueCharge};
 use super::outbox::SendError;
 use super::registry::{ActorId, RoomRegistry};
-use super::{ConnId, IdHasher, JoinReply, JoinRequest, PeerLink, Refusal, Relay, RoomCmd, Routes};
+use super::remote::{NodeId, Seat, TokenDigest, token_digest};
+use super::{
+    ConnId, Holder, IdHasher, JoinReply, JoinRequest, PeerLink, Refusal, Relay, RoomCmd, Routes,
+};
 use crate::config::RoomMode;
 use crate::metrics::{CloseReason, DropReason};
 use crate::protocol::{self, MessageType};
@@ -65,6 +68,9 @@ struct Member {
     /// Its place in `--concurrent-limit`, given back when the member is dropped (or passed
     /// on to whoever takes its id over).
     slot: PeerSlot,
+    /// In a cluster, its id's seat (given back, and announced, when the member is dropped;
+    /// passed on like the slot).
+    seat: Option<Seat>,
 }
 
 /// One message waiting for an offline id.
@@ -212,7 +218,20 @@ impl RoomActor {
                 RoomCmd::ListPeers { reply } => {
                     let _ = reply.send(Vec::new());
                 }
-                RoomCmd::Relay(_) | RoomCmd::Leave { .. } | RoomCmd::Shutdown | RoomCmd::Fail => {}
+                RoomCmd::Check { reply, .. } => {
+                    let _ = reply.send(Holder::NotHere);
+                }
+                RoomCmd::Evict { reply, .. } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(false);
+                    }
+                }
+                RoomCmd::Relay(_)
+                | RoomCmd::Leave { .. }
+                | RoomCmd::Shutdown
+                | RoomCmd::Fail
+                | RoomCmd::RemoteJoined { .. }
+                | RoomCmd::RemoteLeft { .. } => {}
             }
         }
         self.routes.clear();
@@ -257,6 +276,39 @@ impl RoomActor {
                 let _ = reply.send(peers.into_iter().map(|(id, _)| Arc::clone(id)).collect());
             }
             RoomCmd::Fail => panic!("room {:?}: failure injected", self.key),
+            RoomCmd::RemoteJoined { id } => {
+                if self.queues.contains_key(&id)
+                    && let Some(node) = self
+                        .rooms
+                        .remote
+                        .as_ref()
+                        .and_then(|r| r.locate(&self.key, &id))
+                {
+                    self.forward_queue(&id, &node);
+                }
+            }
+            RoomCmd::RemoteLeft { id } => {
+                // A member here with the same id is a duplicate the partition rule kept.
+                if !self.members.contains_key(&id) {
+                    self.announce_leave(&id);
+                }
+            }
+            RoomCmd::Check { id, token, reply } => {
+                let answer = self.check(&id, &token);
+                let _ = reply.send(answer);
+            }
+            RoomCmd::Evict {
+                id,
+                conn,
+                claimed_at,
+                reason,
+                reply,
+            } => {
+                let evicted = self.evict(&id, conn, claimed_at, reason);
+                if let Some(reply) = reply {
+                    let _ = reply.send(evicted);
+                }
+            }
         }
         self.settle();
     }
@@ -274,6 +326,11 @@ impl RoomActor {
 
     fn join(&mut self, request: JoinRequest) -> JoinReply {
         let Some(holder) = self.members.get(&request.id) else {
+            if self.rooms.remote.is_some() && request.seat.is_none() {
+                // The id was held here when the session looked and has left since: it must
+                // be claimed from the cluster now.
+                return JoinReply::Retry;
+            }
             return self.admit_new(request);
         };
         if self.token_is_secret() && holder.token == request.token {
@@ -301,8 +358,56 @@ impl RoomActor {
             }
             // Someone else registered the id meanwhile: start over.
             Some(_) => self.join(request),
+            None if self.rooms.remote.is_some() && request.seat.is_none() => JoinReply::Retry,
             None => self.admit_new(request),
         }
+    }
+
+    /// Another node's newcomer asks about member `id` (see [`RoomCmd::Check`]).
+    fn check(&mut self, id: &str, token: &TokenDigest) -> Holder {
+        let Some(holder) = self.members.get(id) else {
+            return Holder::NotHere;
+        };
+        if holder.leaving {
+            return Holder::NotHere;
+        }
+        if self.token_is_secret() && token_digest(&holder.token) == *token {
+            return Holder::SameToken(holder.link.conn);
+        }
+        let (alive_tx, alive) = oneshot::channel();
+        holder.link.tx.probe(alive_tx);
+        Holder::Probing(holder.link.conn, alive)
+    }
+
+    /// Removes member `id` if it is still the registration asked about; true if it is gone.
+    fn evict(
+        &mut self,
+        id: &str,
+        conn: Option<ConnId>,
+        claimed_at: Option<u64>,
+        reason: CloseReason,
+    ) -> bool {
+        let Some((key, member)) = self.members.get_key_value(id) else {
+            return true;
+        };
+        let same_conn = conn.is_none_or(|c| c == member.link.conn);
+        let same_claim = claimed_at.is_none_or(|at| {
+            member
+                .seat
+                .as_ref()
+                .is_some_and(|seat| seat.claimed_at() == at)
+        });
+        if !(same_conn && same_claim) {
+            return false;
+        }
+        let key = Arc::clone(key);
+        tracing::info!(
+            peer = id,
+            reason = reason.as_str(),
+            "peer closed for the cluster"
+        );
+        self.remove(&key, reason);
+        true
     }
 
     /// Admits a socket whose id is free, unless its signed token has expired (only a
@@ -315,20 +420,21 @@ impl RoomActor {
     }
 
     /// Registers a new id, if the room and the server have room for it.
-    fn admit(&mut self, request: JoinRequest) -> JoinReply {
+    fn admit(&mut self, mut request: JoinRequest) -> JoinReply {
         if self.members.len() >= self.rooms.config.max_room_peers {
             return JoinReply::Refused(Refusal::RoomFull);
         }
         let Some(slot) = self.rooms.budgets.peer_slot() else {
             return JoinReply::Refused(Refusal::ServerFull);
         };
-        self.install(request, slot);
+        let seat = request.seat.take();
+        self.install(request, slot, seat);
         JoinReply::Admitted
     }
 
     /// Puts `request` in the place of the id's current holder, which is closed with `reason`.
     /// The holder's slot passes to the newcomer, so no limit applies.
-    fn replace(&mut self, request: JoinRequest, reason: CloseReason) -> JoinReply {
+    fn replace(&mut self, mut request: JoinRequest, reason: CloseReason) -> JoinReply {
         let Some(old) = self.members.remove(&request.id) else {
             return self.admit(request);
         };
@@ -338,21 +444,28 @@ impl RoomActor {
             reason = reason.as_str(),
             "peer replaced by a new socket"
         );
-        let Member { link, slot, .. } = old;
+        let Member {
+            link, slot, seat, ..
+        } = old;
         link.tx.kill(reason);
         if reason == CloseReason::ProbeFailed {
             // The old incarnation is gone: the room learns it left before it returns.
             self.announce_leave(&request.id);
         }
-        self.install(request, slot);
+        // The holder's seat is the older claim, which the partition rule prefers.
+        let seat = seat.or(request.seat.take());
+        self.install(request, slot, seat);
         JoinReply::Admitted
     }
 
     /// Adds the member, sends OPEN, then delivers what was queued for it.
-    fn install(&mut self, request: JoinRequest, slot: PeerSlot) {
+    fn install(&mut self, request: JoinRequest, slot: PeerSlot, mut seat: Option<Seat>) {
         let JoinRequest {
             id, token, link, ..
         } = request;
+        if let Some(seat) = &mut seat {
+            seat.hold();
+        }
         let joined = self.next_join;
         self.next_join += 1;
         // The queue is empty and holds at least one frame, so this cannot fail.
@@ -366,6 +479,7 @@ impl RoomActor {
                 joined,
                 leaving: false,
                 slot,
+                seat,
             },
         );
         if let Some(queue) = self.queues.remove(&*id) {
@@ -419,11 +533,16 @@ impl RoomActor {
             dst,
             frame,
             read_at,
-            sent: _handled_when_this_returns,
+            sent,
         } = relay;
+        // `sent` is dropped when this returns: the room is done with the message.
         // The id is read from the frame itself; only the offline path copies it.
         let pushed = match self.members.get(dst.resolve(&frame)) {
             Some(member) => member.link.tx.try_send(frame),
+            None if self.rooms.remote.is_some() => {
+                let dst: Arc<str> = Arc::from(dst.resolve(&frame));
+                return self.relay_elsewhere(src, kind, dst, frame, sent.is_none());
+            }
             None if kind.is_queued_when_offline() => {
                 let dst = Arc::from(dst.resolve(&frame));
                 return self.enqueue(src, kind, dst, frame);
@@ -441,6 +560,75 @@ impl RoomActor {
                 metrics.relay_sampled(kind, read_at, &mut self.relayed);
             }
             Err((why, frame)) => self.push_failed(why, dst.resolve(&frame)),
+        }
+    }
+
+    /// A message for an id that is not a member here: to the node that holds it, or into
+    /// the offline queue. A message that came from another node is never sent on to a third
+    /// (directories that disagree for a moment must not bounce it around): it waits here.
+    fn relay_elsewhere(
+        &mut self,
+        src: Arc<str>,
+        kind: MessageType,
+        dst: Arc<str>,
+        frame: Utf8Bytes,
+        from_remote: bool,
+    ) {
+        let node = match &self.rooms.remote {
+            Some(remote) if !from_remote => remote.locate(&self.key, &dst),
+            _ => None,
+        };
+        if let Some(node) = node {
+            // What waits here for it goes first, so nothing overtakes it.
+            if self.queues.contains_key(&dst) {
+                self.forward_queue(&dst, &node);
+            }
+            let sent = self
+                .rooms
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.deliver(&node, &self.key, &src, &dst, kind, &frame));
+            if !sent {
+                self.rooms
+                    .metrics
+                    .drop_messages(DropReason::ClusterUnreachable, 1);
+                if kind.is_queued_when_offline() {
+                    self.send_expire(&dst, &src);
+                }
+            }
+            return;
+        }
+        if kind.is_queued_when_offline() {
+            return self.enqueue(src, kind, dst, frame);
+        }
+        self.rooms
+            .metrics
+            .drop_messages(DropReason::Undeliverable, 1);
+    }
+
+    /// Sends what is queued for `id` to `node`, which now holds it, in order; senders whose
+    /// messages cannot go get EXPIRE.
+    fn forward_queue(&mut self, id: &Arc<str>, node: &NodeId) {
+        let Some(queue) = self.queues.remove(id) else {
+            return;
+        };
+        let mut unsent: Vec<Arc<str>> = Vec::new();
+        for queued in queue.messages {
+            self.unshare(&queued);
+            let sent = self.rooms.remote.as_ref().is_some_and(|r| {
+                r.deliver(node, &self.key, &queued.src, id, queued.kind, &queued.frame)
+            });
+            if !sent {
+                self.rooms
+                    .metrics
+                    .drop_messages(DropReason::ClusterUnreachable, 1);
+                if !unsent.contains(&queued.src) {
+                    unsent.push(queued.src);
+                }
+            }
+        }
+        for src in unsent {
+            self.send_expire(id, &src);
         }
     }
 
@@ -608,6 +796,16 @@ impl RoomActor {
         if self.members.contains_key(sender) {
             let frame = Utf8Bytes::from(protocol::expire_frame(unreachable, sender));
             self.deliver(sender, MessageType::Expire, frame);
+        } else if let Some(remote) = &self.rooms.remote
+            && let Some(node) = remote.locate(&self.key, sender)
+        {
+            // A sender on another node (its message was queued here).
+            let frame = Utf8Bytes::from(protocol::expire_frame(unreachable, sender));
+            let kind = MessageType::Expire;
+            if !remote.deliver(&node, &self.key, unreachable, sender, kind, &frame) {
+                let metrics = &self.rooms.metrics;
+                metrics.drop_messages(DropReason::ClusterUnreachable, 1);
+            }
         }
     }
 
@@ -699,6 +897,7 @@ mod tests {
             Arc::new(config),
             Arc::new(Metrics::new()),
             TaskTracker::new(),
+            None,
         ))
     }
 
@@ -715,6 +914,7 @@ mod tests {
             token: Box::from("t"),
             link: peer,
             expired: false,
+            seat: None,
         };
         assert!(matches!(
             room.join(request).await,
@@ -788,7 +988,7 @@ mod tests {
             dst: super::super::DstRef::Owned(Box::from("ghost")),
             frame: Utf8Bytes::from(text),
             read_at: Instant::now(),
-            sent: sender.rx.in_flight(),
+            sent: Some(sender.rx.in_flight()),
         }))
         .await
         .unwrap();

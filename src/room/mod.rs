@@ -12,6 +12,11 @@
 //! decides everything else: who is a member, what is queued for
 //! whom, and who is closed as a slow reader (a direct push that fails goes through the actor).
 //!
+//! In a cluster (`--cluster`) the room also knows, through [`remote::Remote`], which ids other
+//! nodes hold: a message for one goes there, what waits in its offline queue follows the id
+//! to whichever node it joins, and departures elsewhere are announced to its members. The
+//! direct path between members of this node is the same with or without a cluster.
+//!
 //! In global mode the whole server is one room (key `""`); in token mode the token names
 //! the room. [`registry::RoomRegistry`] maps keys to live actors, spawning on first join and
 //! forgetting a room when its actor ends (no members and nothing queued).
@@ -20,6 +25,7 @@ pub mod actor;
 pub mod budget;
 pub mod outbox;
 pub mod registry;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +97,9 @@ pub struct JoinRequest {
     pub expired: bool,
     /// Where the room reaches it once admitted.
     pub link: PeerLink,
+    /// In a cluster: the id's claim, granted by the other nodes (`None` for an id this node
+    /// already holds, which the room takes over or refuses as a node alone would).
+    pub seat: Option<remote::Seat>,
 }
 
 /// Why a join was refused (each maps to an ERROR or ID-TAKEN frame).
@@ -167,6 +176,51 @@ pub enum RoomCmd {
     },
     /// Panic, as a bug would ([`registry::RoomRegistry::inject_failure`], for tests).
     Fail,
+    /// Another node registered `id`: what is queued here for it goes there.
+    RemoteJoined {
+        /// The id.
+        id: Arc<str>,
+    },
+    /// `id` left another node (or that node died): the members here hear LEAVE.
+    RemoteLeft {
+        /// The id.
+        id: Arc<str>,
+    },
+    /// Another node's newcomer wants `id`: is it held here, with the newcomer's secret, or
+    /// is its holder alive?
+    Check {
+        /// The id.
+        id: Arc<str>,
+        /// The newcomer's secret, digested.
+        token: remote::TokenDigest,
+        /// The answer.
+        reply: oneshot::Sender<Holder>,
+    },
+    /// Close member `id` (if it is still registration `conn`, or holds a seat claimed at
+    /// `claimed_at`) with `reason`; `reply` learns whether it was removed.
+    Evict {
+        /// The id.
+        id: Arc<str>,
+        /// Only this registration.
+        conn: Option<ConnId>,
+        /// Only the registration with this claim time.
+        claimed_at: Option<u64>,
+        /// Why (the member's close reason).
+        reason: CloseReason,
+        /// Told once the member is gone (or was not there).
+        reply: Option<oneshot::Sender<bool>>,
+    },
+}
+
+/// What a room knows of an id another node's newcomer wants ([`RoomCmd::Check`]).
+#[derive(Debug)]
+pub enum Holder {
+    /// Not registered here.
+    NotHere,
+    /// Registered with the newcomer's own secret: a reconnect, which replaces it.
+    SameToken(ConnId),
+    /// Registered by someone else, now probed: `alive` resolves if it answers.
+    Probing(ConnId, oneshot::Receiver<()>),
 }
 
 /// One message to route.
@@ -182,8 +236,9 @@ pub struct Relay {
     pub frame: Utf8Bytes,
     /// When the session read it (for the relay latency histogram).
     pub read_at: Instant,
-    /// Counts the message as on its way through the room until the room is done with it.
-    pub sent: outbox::InFlight,
+    /// Counts the message as on its way through the room until the room is done with it
+    /// (`None` for a message from another node).
+    pub sent: Option<outbox::InFlight>,
 }
 
 /// Where a relayed message's destination id is.

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::actor::RoomActor;
 use super::budget::Budgets;
+use super::remote::Remote;
 use super::{RoomCmd, RoomHandle};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -35,6 +36,8 @@ pub struct RoomRegistry {
     pub metrics: Arc<Metrics>,
     /// Peer slots and offline-queue bytes.
     pub budgets: Arc<Budgets>,
+    /// The other nodes of the cluster (`--cluster`); `None` when this node runs alone.
+    pub remote: Option<Arc<dyn Remote>>,
     /// Every actor is spawned on it, so shutdown can wait for them.
     tracker: TaskTracker,
     rooms: Mutex<HashMap<Box<str>, (ActorId, RoomHandle)>>,
@@ -44,8 +47,13 @@ pub struct RoomRegistry {
 }
 
 impl RoomRegistry {
-    /// An empty registry whose actors run on `tracker`.
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, tracker: TaskTracker) -> Self {
+    /// An empty registry whose actors run on `tracker`, in a cluster if `remote` is set.
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        tracker: TaskTracker,
+        remote: Option<Arc<dyn Remote>>,
+    ) -> Self {
         let budgets = Arc::new(Budgets::new(
             config.concurrent_limit,
             config.max_queued_bytes,
@@ -55,6 +63,7 @@ impl RoomRegistry {
             config,
             metrics,
             budgets,
+            remote,
             tracker,
             rooms: Mutex::default(),
             next_actor: AtomicU64::new(0),

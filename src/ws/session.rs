@@ -36,11 +36,13 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 
 use super::read_ahead::ReadAhead;
 use crate::auth::TokenError;
-use crate::config::RoomMode;
+use crate::cluster::{Claimed, Cluster};
+use crate::config::{Config, RoomMode};
 use crate::logging::LogIp;
 use crate::metrics::{CloseReason, DropReason, Rejection};
 use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
 use crate::room::outbox::{self, Limits};
+use crate::room::remote::{Seat, TokenDigest, token_digest};
 use crate::room::{
     self, DstRef, JoinReply, JoinRequest, Refusal, Relay, RoomCmd, RoomHandle, SessionLink,
 };
@@ -183,8 +185,32 @@ where
         None => ("", params.token.as_str(), false),
     };
     let id: Arc<str> = Arc::from(params.id.as_str());
+    // In a cluster the secret travels between nodes only as a digest.
+    let digest = shared.cluster.as_ref().map(|_| token_digest(secret));
     for _ in 0..JOIN_ATTEMPTS {
         let room = shared.rooms.get_or_spawn(room_key);
+        let seat = match (&shared.cluster, digest) {
+            (Some(cluster), Some(digest)) => {
+                let claim = ClaimContext {
+                    room: room_key,
+                    id: &id,
+                    digest,
+                    expired,
+                    secret_token: !room_mode || shared.auth.is_some(),
+                };
+                match Box::pin(claim_in_cluster(ws, cluster, claim, config)).await {
+                    ClusterClaim::Seat(seat) => Some(seat),
+                    ClusterClaim::Local => None,
+                    ClusterClaim::Again => continue,
+                    ClusterClaim::Refused(refusal) => {
+                        let (why, frame) = refusal_frame(refusal);
+                        refuse(ws, shared, ip, &params.id, why, frame).await;
+                        return None;
+                    }
+                }
+            }
+            _ => None,
+        };
         let (peer_link, link) = room::link(Limits {
             frames: config.outbound_queue,
             bytes: config.max_outbound_bytes,
@@ -195,6 +221,7 @@ where
             token: Box::from(secret),
             expired,
             link: peer_link,
+            seat,
         };
         let mut reply = room.join(request).await;
         // A live-looking holder is probed; at most a couple of rounds if the id keeps moving.
@@ -234,20 +261,7 @@ where
                 });
             }
             Some(JoinReply::Refused(refusal)) => {
-                let (why, frame) = match refusal {
-                    Refusal::IdTaken => (Rejection::IdTaken, protocol::id_taken_frame()),
-                    Refusal::RoomFull => {
-                        (Rejection::RoomFull, protocol::error_frame(texts::ROOM_FULL))
-                    }
-                    Refusal::ServerFull => (
-                        Rejection::ServerFull,
-                        protocol::error_frame(texts::CONCURRENT_LIMIT),
-                    ),
-                    Refusal::TokenExpired => (
-                        Rejection::TokenExpired,
-                        protocol::error_frame(TokenError::Expired.message()),
-                    ),
-                };
+                let (why, frame) = refusal_frame(refusal);
                 refuse(ws, shared, ip, &params.id, why, frame).await;
                 return None;
             }
@@ -260,6 +274,86 @@ where
     }
     close(ws, CloseReason::Shutdown).await;
     None
+}
+
+/// The frame that tells a client why it was refused, and the reason counted.
+fn refusal_frame(refusal: Refusal) -> (Rejection, String) {
+    match refusal {
+        Refusal::IdTaken => (Rejection::IdTaken, protocol::id_taken_frame()),
+        Refusal::RoomFull => (Rejection::RoomFull, protocol::error_frame(texts::ROOM_FULL)),
+        Refusal::ServerFull => (
+            Rejection::ServerFull,
+            protocol::error_frame(texts::CONCURRENT_LIMIT),
+        ),
+        Refusal::TokenExpired => (
+            Rejection::TokenExpired,
+            protocol::error_frame(TokenError::Expired.message()),
+        ),
+    }
+}
+
+/// What a joining socket asks the cluster for.
+struct ClaimContext<'a> {
+    room: &'a str,
+    id: &'a Arc<str>,
+    digest: TokenDigest,
+    expired: bool,
+    /// Whether the same token again is the same client (see the room actor).
+    secret_token: bool,
+}
+
+/// What the cluster said to a joining socket.
+enum ClusterClaim {
+    /// Register with this seat.
+    Seat(Seat),
+    /// This node holds the id: the room decides.
+    Local,
+    /// The holder on another node let it go: claim again.
+    Again,
+    /// Refused.
+    Refused(Refusal),
+}
+
+/// Claims the id across the cluster; an id held on another node is asked for there (a
+/// reconnect with the same secret replaces its holder; otherwise the holder is probed by its
+/// node, and let go only if it does not answer).
+async fn claim_in_cluster<S>(
+    ws: &mut WebSocketStream<S>,
+    cluster: &Arc<Cluster>,
+    claim: ClaimContext<'_>,
+    config: &Config,
+) -> ClusterClaim
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match cluster.claim(claim.room, claim.id, claim.digest).await {
+        Claimed::Granted(seat) => ClusterClaim::Seat(seat),
+        Claimed::Local => ClusterClaim::Local,
+        Claimed::Refused(refusal) => ClusterClaim::Refused(refusal),
+        Claimed::Elsewhere { node, same_token } => {
+            if claim.expired && !(same_token && claim.secret_token) {
+                return ClusterClaim::Refused(Refusal::TokenExpired);
+            }
+            // The 101 waits to go out with our first frame; do not hold it through a probe.
+            let _ = ws.flush().await;
+            let wait = config.probe_timeout + cluster_request_timeout(config);
+            if cluster
+                .release(&node, claim.room, claim.id, claim.digest, wait)
+                .await
+            {
+                ClusterClaim::Again
+            } else {
+                ClusterClaim::Refused(Refusal::IdTaken)
+            }
+        }
+    }
+}
+
+fn cluster_request_timeout(config: &Config) -> Duration {
+    config
+        .cluster
+        .as_ref()
+        .map_or(Duration::from_secs(1), |c| c.request_timeout)
 }
 
 /// Sends the refusal frame, closes, and counts it.
@@ -301,9 +395,10 @@ where
         | CloseReason::Replaced
         | CloseReason::ProbeFailed
         | CloseReason::Left => CloseCode::Normal,
-        CloseReason::SlowReader | CloseReason::RateLimited | CloseReason::Malformed => {
-            CloseCode::Policy
-        }
+        CloseReason::SlowReader
+        | CloseReason::RateLimited
+        | CloseReason::Malformed
+        | CloseReason::DuplicateId => CloseCode::Policy,
         CloseReason::TooLarge => CloseCode::Size,
         CloseReason::InvalidUtf8 => CloseCode::Invalid,
         CloseReason::ProtocolError => CloseCode::Protocol,
@@ -462,7 +557,13 @@ where
                     loop {
                         let forwarded = match self.handle_frame(frame) {
                             Ok(None) => Ok(()),
-                            Ok(Some(cmd)) => forward(&self.room, cmd).await,
+                            Ok(Some(cmd)) => match forward(&self.room, cmd) {
+                                Forward::Done(result) => result,
+                                // Only the box is held across this await, not the command.
+                                Forward::Wait(send) => {
+                                    send.await.map_err(|_| CloseReason::Shutdown)
+                                }
+                            },
                             Err(why) => Err(why),
                         };
                         if let Err(why) = forwarded {
@@ -743,7 +844,7 @@ where
             dst: DstRef::new(&dst, located),
             frame,
             read_at: self.last_seen, // set when this frame arrived
-            sent: self.link.rx.in_flight(),
+            sent: Some(self.link.rx.in_flight()),
         })))
     }
 }
@@ -863,14 +964,22 @@ fn fragment_end(payload: &[u8], offset: usize) -> usize {
     end
 }
 
-/// Hands a command to the room; waits (boxed, off the hot path) only if its mailbox is full.
-/// The room ending under a registered peer only happens at shutdown.
-async fn forward(room: &RoomHandle, cmd: RoomCmd) -> Result<(), CloseReason> {
+/// A command handed to the room, or the wait for mailbox space.
+enum Forward<'a> {
+    /// Sent (or the room is gone: shutdown).
+    Done(Result<(), CloseReason>),
+    /// The mailbox is full: await this (boxed, off the hot path).
+    Wait(Pin<Box<dyn Future<Output = Result<(), RoomCmd>> + Send + 'a>>),
+}
+
+/// Hands a command to the room; only if its mailbox is full is there something to wait for.
+/// Not an `async fn`: the session's future would hold the command (its arguments) across the
+/// await, and every idle peer pays for the session future's size. The room ending under a
+/// registered peer only happens at shutdown.
+fn forward(room: &RoomHandle, cmd: RoomCmd) -> Forward<'_> {
     match room.try_send(cmd) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(cmd)) => Box::pin(room.send(cmd))
-            .await
-            .map_err(|_| CloseReason::Shutdown),
-        Err(TrySendError::Closed(_)) => Err(CloseReason::Shutdown),
+        Ok(()) => Forward::Done(Ok(())),
+        Err(TrySendError::Full(cmd)) => Forward::Wait(Box::pin(room.send(cmd))),
+        Err(TrySendError::Closed(_)) => Forward::Done(Err(CloseReason::Shutdown)),
     }
 }

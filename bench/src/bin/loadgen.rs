@@ -66,6 +66,14 @@ struct Args {
     /// Server process id, for its CPU time and VmRSS.
     #[arg(long)]
     server_pid: u32,
+    /// A second node's port (cluster scenario): the second peer of every pair (`b…`)
+    /// connects there, so every message crosses nodes.
+    #[arg(long)]
+    port2: Option<u16>,
+    /// More processes whose CPU counts as the server's (the other node, nats-server);
+    /// repeatable.
+    #[arg(long)]
+    also_pid: Vec<u32>,
     /// Seconds of load before the measurement window opens.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
@@ -339,14 +347,18 @@ async fn connect(ctx: &Ctx, id: &str, token: &str) -> Result<Ws, String> {
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     sock.bind(SocketAddr::from((src, 0)))
         .map_err(|e| format!("bind {src}: {e}"))?;
-    let tcp = timeout(Duration::from_secs(10), sock.connect(ctx.addr))
+    let addr = match ctx.args.port2 {
+        Some(port2) if id.starts_with('b') => SocketAddr::from((Ipv4Addr::LOCALHOST, port2)),
+        _ => ctx.addr,
+    };
+    let tcp = timeout(Duration::from_secs(10), sock.connect(addr))
         .await
         .map_err(|_| "TCP connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let url = format!(
         "ws://127.0.0.1:{}/peerjs?key=peerjs&id={id}&token={token}&version=1.5.5",
-        ctx.addr.port()
+        addr.port()
     );
     let (mut ws, _) = timeout(
         Duration::from_secs(10),
@@ -413,14 +425,18 @@ struct Window {
 /// readings.
 async fn measure(ctx: &Ctx) -> Window {
     let clock = CpuClock::new();
-    let pid = ctx.args.server_pid;
+    // The server, plus (cluster scenario) the other node and nats-server.
+    let servers = || {
+        let pids = std::iter::once(ctx.args.server_pid).chain(ctx.args.also_pid.iter().copied());
+        pids.map(|pid| clock.seconds(pid)).sum::<f64>()
+    };
     sleep(Duration::from_secs_f64(ctx.args.warmup)).await;
     let (m0, st0) = clock.machine();
-    let (s0, l0, t0) = (clock.seconds(pid), clock.seconds("self"), Instant::now());
+    let (s0, l0, t0) = (servers(), clock.seconds("self"), Instant::now());
     ctx.measuring.set(true);
     sleep(Duration::from_secs_f64(ctx.args.duration)).await;
     ctx.measuring.set(false);
-    let (s1, l1, t1) = (clock.seconds(pid), clock.seconds("self"), Instant::now());
+    let (s1, l1, t1) = (servers(), clock.seconds("self"), Instant::now());
     let (m1, st1) = clock.machine();
     let (server_cpu_s, loadgen_cpu_s) = (s1 - s0, l1 - l0);
     Window {
