@@ -447,6 +447,26 @@ fn names_other_algorithm(token: &str) -> bool {
         .is_some_and(|h| h.alg != "HS256")
 }
 
+/// The reason a refused token is counted by.
+impl From<TokenError> for crate::protocol::Rejection {
+    fn from(why: TokenError) -> Self {
+        match why {
+            TokenError::TooLong => crate::protocol::Rejection::TokenTooLong,
+            TokenError::Malformed => crate::protocol::Rejection::TokenMalformed,
+            TokenError::Algorithm => crate::protocol::Rejection::TokenAlgorithm,
+            TokenError::Signature => crate::protocol::Rejection::TokenSignature,
+            TokenError::MissingExp => crate::protocol::Rejection::TokenMissingExp,
+            TokenError::Expired => crate::protocol::Rejection::TokenExpired,
+            TokenError::NotYetValid => crate::protocol::Rejection::TokenNotYetValid,
+            TokenError::WrongId => crate::protocol::Rejection::TokenWrongId,
+            TokenError::WrongRoom => crate::protocol::Rejection::TokenWrongRoom,
+            TokenError::MissingRoom => crate::protocol::Rejection::TokenMissingRoom,
+            TokenError::WrongIssuer => crate::protocol::Rejection::TokenWrongIssuer,
+            TokenError::WrongAudience => crate::protocol::Rejection::TokenWrongAudience,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

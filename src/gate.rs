@@ -38,7 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::Metrics;
+use crate::protocol::Rejection;
 
 /// IPv4 clients of a dual-stack socket appear as `::ffff:a.b.c.d`; count them as IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {

@@ -7,7 +7,9 @@
 //! # Layout
 //!
 //! - [`config`]: command line, environment and config file, validated once into [`Config`].
-//! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server frames.
+//! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server
+//!   frames; and the reasons the server decides (close, drop, refusal) with their close codes,
+//!   which the metrics only label.
 //! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
 //! - [`gate`]: what every accepted connection passes: per-address counts of connections and
 //!   of handshakes, and the server-wide bound on connections still in their handshake.
@@ -50,6 +52,23 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+/// Declares a label enum with its wire names and the list of all variants.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant,)* }
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+        }
+    };
+}
 
 pub mod auth;
 pub mod cluster;

@@ -1,7 +1,8 @@
 //! Counters and gauges, served at `/metrics` as JSON or Prometheus text.
 //!
-//! Every metric is registered once at start-up; labels come only from the small fixed enums
-//! below (never a room, token or peer id), and each labelled series is resolved to its own
+//! Every metric is registered once at start-up; labels come only from small fixed enums (the
+//! reasons in [`crate::protocol`], decided by the sessions and rooms, and the outcomes below;
+//! never a room, token or peer id), and each labelled series is resolved to its own
 //! handle up front, so recording on the hot path is one atomic add.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,169 +14,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::auth::TokenError;
-use crate::protocol::MessageType;
+use crate::protocol::{CloseReason, DropReason, MessageType, Rejection};
 
 /// One relayed message in this many is timed for the latency histogram (a clock read each).
 pub const LATENCY_SAMPLE: u32 = 8;
-
-/// Declares a label enum with its wire names and the list of all variants.
-macro_rules! label_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vdoc])* $variant,)* }
-        impl $name {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
-            /// The label value.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text,)* }
-            }
-        }
-    };
-}
-
-label_enum! {
-    /// Why an inbound message was not delivered.
-    DropReason {
-        /// Over the sender's rate limit.
-        RateLimited => "rate_limited",
-        /// Not JSON, not an object, or a `dst` that is not a string.
-        Malformed => "malformed",
-        /// A binary frame (the protocol is text only).
-        Binary => "binary",
-        /// Past `--max-message-size` (the socket is closed too).
-        TooLarge => "too_large",
-        /// The offline queue for the destination (or all queues) was full: EXPIRE sent at once.
-        QueueOverflow => "queue_overflow",
-        /// The sender already holds its share of the offline queue
-        /// (`--max-queue-per-sender`, `--max-queued-bytes-per-sender`): EXPIRE sent at once.
-        QueueShare => "queue_share",
-        /// Waited in the offline queue until it expired: EXPIRE sent.
-        Expired => "expired",
-        /// The destination's outbound queue was full: the destination was closed.
-        SlowReader => "slow_reader",
-        /// LEAVE/EXPIRE to a peer that is not connected, or a message with no `dst`.
-        Undeliverable => "undeliverable",
-        /// For a peer on another node, while the cluster's bus is unreachable or its publish
-        /// backlog is full: EXPIRE sent at once.
-        ClusterUnreachable => "cluster_unreachable",
-    }
-}
-
-label_enum! {
-    /// Why a connection attempt was refused.
-    Rejection {
-        /// Not a valid WebSocket upgrade, or the wrong path.
-        BadRequest => "bad_request",
-        /// Origin not in the allow-list.
-        Origin => "origin",
-        /// Too many sockets from one IP.
-        PerIp => "per_ip",
-        /// `id`, `token` or `key` missing.
-        MissingParams => "missing_params",
-        /// Wrong key.
-        InvalidKey => "invalid_key",
-        /// Id, token or key of the wrong shape or length.
-        InvalidName => "invalid_name",
-        /// The id is held by a live peer.
-        IdTaken => "id_taken",
-        /// The room is full.
-        RoomFull => "room_full",
-        /// `--concurrent-limit` reached.
-        ServerFull => "server_full",
-        /// `--issued-ids-only`: an id `GET {path}{key}/id` did not mint.
-        IdNotIssued => "id_not_issued",
-        /// Signed token longer than the limit.
-        TokenTooLong => "token_too_long",
-        /// Not a JWT, or a claim of the wrong type.
-        TokenMalformed => "token_malformed",
-        /// A token algorithm other than HS256 (`none` included).
-        TokenAlgorithm => "token_algorithm",
-        /// A token signed with no configured secret.
-        TokenSignature => "token_signature",
-        /// A token without `exp`.
-        TokenMissingExp => "token_missing_exp",
-        /// A token past its `exp` that was not a same-token reconnect.
-        TokenExpired => "token_expired",
-        /// A token whose `nbf` is in the future.
-        TokenNotYetValid => "token_not_yet_valid",
-        /// A token whose `sub` is not the id asked for.
-        TokenWrongId => "token_wrong_id",
-        /// Room mode: a `room` claim that is not a room name.
-        TokenWrongRoom => "token_wrong_room",
-        /// Room mode: a token without a `room` claim.
-        TokenMissingRoom => "token_missing_room",
-        /// A token without the configured `iss`.
-        TokenWrongIssuer => "token_wrong_issuer",
-        /// A token without the configured `aud`.
-        TokenWrongAudience => "token_wrong_audience",
-        /// Past `--max-tcp-per-ip`: refused at accept with 429.
-        TcpPerIp => "tcp_per_ip",
-        /// Past `--max-handshakes-per-ip`: refused at accept with 429.
-        HandshakesPerIp => "handshakes_per_ip",
-        /// Still in its handshake, the oldest, when `--max-handshakes` was reached: dropped for a
-        /// newer connection.
-        HandshakeEvicted => "handshake_evicted",
-        /// No TLS handshake or no whole first request head within `--handshake-timeout`.
-        HandshakeTimeout => "handshake_timeout",
-    }
-}
-
-impl From<TokenError> for Rejection {
-    fn from(why: TokenError) -> Self {
-        match why {
-            TokenError::TooLong => Rejection::TokenTooLong,
-            TokenError::Malformed => Rejection::TokenMalformed,
-            TokenError::Algorithm => Rejection::TokenAlgorithm,
-            TokenError::Signature => Rejection::TokenSignature,
-            TokenError::MissingExp => Rejection::TokenMissingExp,
-            TokenError::Expired => Rejection::TokenExpired,
-            TokenError::NotYetValid => Rejection::TokenNotYetValid,
-            TokenError::WrongId => Rejection::TokenWrongId,
-            TokenError::WrongRoom => Rejection::TokenWrongRoom,
-            TokenError::MissingRoom => Rejection::TokenMissingRoom,
-            TokenError::WrongIssuer => Rejection::TokenWrongIssuer,
-            TokenError::WrongAudience => Rejection::TokenWrongAudience,
-        }
-    }
-}
-
-label_enum! {
-    /// Why an admitted peer's socket ended.
-    CloseReason {
-        /// The client closed or the connection dropped.
-        ClientGone => "client_gone",
-        /// Nothing received for `--alive-timeout`.
-        AliveTimeout => "alive_timeout",
-        /// The same id connected again and took over.
-        Replaced => "replaced",
-        /// A duplicate id's newcomer found this socket dead (no pong) and evicted it.
-        ProbeFailed => "probe_failed",
-        /// The client sent LEAVE without `dst`.
-        Left => "left",
-        /// Its outbound queue filled up.
-        SlowReader => "slow_reader",
-        /// Stayed over the rate limit.
-        RateLimited => "rate_limited",
-        /// Kept sending unusable frames.
-        Malformed => "malformed",
-        /// A message over `--max-message-size`.
-        TooLarge => "too_large",
-        /// A text frame that is not UTF-8 (close 1007).
-        InvalidUtf8 => "invalid_utf8",
-        /// Another WebSocket protocol violation (close 1002).
-        ProtocolError => "protocol_error",
-        /// The server is shutting down.
-        Shutdown => "shutdown",
-        /// The peer's room failed (its actor panicked); close 1011.
-        RoomFailed => "room_failed",
-        /// Its id was also registered on another node during a partition, and the other
-        /// registration was earlier (the cluster's partition rule); close 1008.
-        DuplicateId => "duplicate_id",
-    }
-}
 
 label_enum! {
     /// Why a cluster message was not sent or not used (`--cluster`).

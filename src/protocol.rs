@@ -296,6 +296,153 @@ pub fn is_valid_id(id: &str) -> bool {
     !after_separator
 }
 
+// Why the server did what it did: the reasons it decides, tells clients (close codes) and
+// counts (the metrics only label them).
+
+label_enum! {
+    /// Why an inbound message was not delivered.
+    DropReason {
+        /// Over the sender's rate limit.
+        RateLimited => "rate_limited",
+        /// Not JSON, not an object, or a `dst` that is not a string.
+        Malformed => "malformed",
+        /// A binary frame (the protocol is text only).
+        Binary => "binary",
+        /// Past `--max-message-size` (the socket is closed too).
+        TooLarge => "too_large",
+        /// The offline queue for the destination (or all queues) was full: EXPIRE sent at once.
+        QueueOverflow => "queue_overflow",
+        /// The sender already holds its share of the offline queue
+        /// (`--max-queue-per-sender`, `--max-queued-bytes-per-sender`): EXPIRE sent at once.
+        QueueShare => "queue_share",
+        /// Waited in the offline queue until it expired: EXPIRE sent.
+        Expired => "expired",
+        /// The destination's outbound queue was full: the destination was closed.
+        SlowReader => "slow_reader",
+        /// LEAVE/EXPIRE to a peer that is not connected, or a message with no `dst`.
+        Undeliverable => "undeliverable",
+        /// For a peer on another node, while the cluster's bus is unreachable or its publish
+        /// backlog is full: EXPIRE sent at once.
+        ClusterUnreachable => "cluster_unreachable",
+    }
+}
+
+label_enum! {
+    /// Why a connection attempt was refused.
+    Rejection {
+        /// Not a valid WebSocket upgrade, or the wrong path.
+        BadRequest => "bad_request",
+        /// Origin not in the allow-list.
+        Origin => "origin",
+        /// Too many sockets from one IP.
+        PerIp => "per_ip",
+        /// `id`, `token` or `key` missing.
+        MissingParams => "missing_params",
+        /// Wrong key.
+        InvalidKey => "invalid_key",
+        /// Id, token or key of the wrong shape or length.
+        InvalidName => "invalid_name",
+        /// The id is held by a live peer.
+        IdTaken => "id_taken",
+        /// The room is full.
+        RoomFull => "room_full",
+        /// `--concurrent-limit` reached.
+        ServerFull => "server_full",
+        /// `--issued-ids-only`: an id `GET {path}{key}/id` did not mint.
+        IdNotIssued => "id_not_issued",
+        /// Signed token longer than the limit.
+        TokenTooLong => "token_too_long",
+        /// Not a JWT, or a claim of the wrong type.
+        TokenMalformed => "token_malformed",
+        /// A token algorithm other than HS256 (`none` included).
+        TokenAlgorithm => "token_algorithm",
+        /// A token signed with no configured secret.
+        TokenSignature => "token_signature",
+        /// A token without `exp`.
+        TokenMissingExp => "token_missing_exp",
+        /// A token past its `exp` that was not a same-token reconnect.
+        TokenExpired => "token_expired",
+        /// A token whose `nbf` is in the future.
+        TokenNotYetValid => "token_not_yet_valid",
+        /// A token whose `sub` is not the id asked for.
+        TokenWrongId => "token_wrong_id",
+        /// Room mode: a `room` claim that is not a room name.
+        TokenWrongRoom => "token_wrong_room",
+        /// Room mode: a token without a `room` claim.
+        TokenMissingRoom => "token_missing_room",
+        /// A token without the configured `iss`.
+        TokenWrongIssuer => "token_wrong_issuer",
+        /// A token without the configured `aud`.
+        TokenWrongAudience => "token_wrong_audience",
+        /// Past `--max-tcp-per-ip`: refused at accept with 429.
+        TcpPerIp => "tcp_per_ip",
+        /// Past `--max-handshakes-per-ip`: refused at accept with 429.
+        HandshakesPerIp => "handshakes_per_ip",
+        /// Still in its handshake, the oldest, when `--max-handshakes` was reached: dropped for a
+        /// newer connection.
+        HandshakeEvicted => "handshake_evicted",
+        /// No TLS handshake or no whole first request head within `--handshake-timeout`.
+        HandshakeTimeout => "handshake_timeout",
+    }
+}
+
+label_enum! {
+    /// Why an admitted peer's socket ended.
+    CloseReason {
+        /// The client closed or the connection dropped.
+        ClientGone => "client_gone",
+        /// Nothing received for `--alive-timeout`.
+        AliveTimeout => "alive_timeout",
+        /// The same id connected again and took over.
+        Replaced => "replaced",
+        /// A duplicate id's newcomer found this socket dead (no pong) and evicted it.
+        ProbeFailed => "probe_failed",
+        /// The client sent LEAVE without `dst`.
+        Left => "left",
+        /// Its outbound queue filled up.
+        SlowReader => "slow_reader",
+        /// Stayed over the rate limit.
+        RateLimited => "rate_limited",
+        /// Kept sending unusable frames.
+        Malformed => "malformed",
+        /// A message over `--max-message-size`.
+        TooLarge => "too_large",
+        /// A text frame that is not UTF-8 (close 1007).
+        InvalidUtf8 => "invalid_utf8",
+        /// Another WebSocket protocol violation (close 1002).
+        ProtocolError => "protocol_error",
+        /// The server is shutting down.
+        Shutdown => "shutdown",
+        /// The peer's room failed (its actor panicked); close 1011.
+        RoomFailed => "room_failed",
+        /// Its id was also registered on another node during a partition, and the other
+        /// registration was earlier (the cluster's partition rule); close 1008.
+        DuplicateId => "duplicate_id",
+    }
+}
+
+impl CloseReason {
+    /// The WebSocket close code a client sees for it (RFC 6455 §7.4).
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseReason::ClientGone
+            | CloseReason::AliveTimeout
+            | CloseReason::Replaced
+            | CloseReason::ProbeFailed
+            | CloseReason::Left => 1000,
+            CloseReason::Shutdown => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::SlowReader
+            | CloseReason::RateLimited
+            | CloseReason::Malformed
+            | CloseReason::DuplicateId => 1008,
+            CloseReason::TooLarge => 1009,
+            CloseReason::RoomFailed => 1011,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

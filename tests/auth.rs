@@ -15,7 +15,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use peerjsd::Config;
 use peerjsd::auth::{MAX_TOKEN_LEN, Secret};
 use peerjsd::config::{AuthConfig, RoomMode};
-use peerjsd::metrics::{CloseReason, Rejection};
+use peerjsd::protocol::{CloseReason, Rejection};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use futures_util::SinkExt;
-use peerjsd::metrics::{CloseReason, DropReason};
+use peerjsd::protocol::{CloseReason, DropReason};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -206,7 +206,7 @@ async fn a_key_over_64_characters_is_refused_with_a_clear_text() {
         server
             .shared
             .metrics
-            .rejected(peerjsd::metrics::Rejection::InvalidName),
+            .rejected(peerjsd::protocol::Rejection::InvalidName),
         1
     );
     still_served(&alice, &mut bob, "after-long-key").await;

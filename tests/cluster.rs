@@ -136,7 +136,9 @@ async fn a_dead_holder_on_another_node_is_probed_and_taken_over_a_live_one_is_no
     let mut heir = PeerClient::open_with_token(&b, "zed", "t2").await;
     heir.send(json!({"type": "HEARTBEAT"}));
     a.until("zed let go on a", |s| {
-        s.metrics.closed(peerjsd::metrics::CloseReason::ProbeFailed) == 1
+        s.metrics
+            .closed(peerjsd::protocol::CloseReason::ProbeFailed)
+            == 1
     })
     .await;
     assert!(

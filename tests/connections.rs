@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::future::join_all;
-use peerjsd::metrics::Rejection;
+use peerjsd::protocol::Rejection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

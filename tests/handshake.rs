@@ -178,7 +178,7 @@ async fn a_bad_upgrade_on_the_short_path_gets_hyper_s_answer_once() {
         server
             .shared
             .metrics
-            .rejected(peerjsd::metrics::Rejection::PerIp),
+            .rejected(peerjsd::protocol::Rejection::PerIp),
         1
     );
     // The refused client took no place in the count.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use peerjsd::metrics::{CloseReason, DropReason, Rejection};
+use peerjsd::protocol::{CloseReason, DropReason, Rejection};
 use serde_json::json;
 use std::num::NonZeroU32;
 use std::time::Duration;

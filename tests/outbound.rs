@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use peerjsd::metrics::{CloseReason, DropReason};
+use peerjsd::protocol::{CloseReason, DropReason};
 use serde_json::json;
 use tokio::net::TcpStream;
 

@@ -38,7 +38,7 @@ async fn the_exposition_parses_and_reports_live_figures() {
     refused.closed().await;
     server
         .until("malformed counted", |s| {
-            s.metrics.dropped(peerjsd::metrics::DropReason::Malformed) == 1
+            s.metrics.dropped(peerjsd::protocol::DropReason::Malformed) == 1
         })
         .await;
 

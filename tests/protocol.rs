@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use peerjsd::metrics::{DropReason, Rejection};
+use peerjsd::protocol::{DropReason, Rejection};
 use serde_json::json;
 
 #[tokio::test]

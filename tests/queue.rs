@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use peerjsd::metrics::DropReason;
+use peerjsd::protocol::DropReason;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use peerjsd::metrics::{CloseReason, Rejection};
+use peerjsd::protocol::{CloseReason, Rejection};
 use serde_json::json;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use peerjsd::config::RoomMode;
-use peerjsd::metrics::{CloseReason, DropReason, Rejection};
+use peerjsd::protocol::{CloseReason, DropReason, Rejection};
 use serde_json::json;
 use std::time::Duration;
 

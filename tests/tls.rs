@@ -169,7 +169,7 @@ async fn a_tls_handshake_in_progress_holds_a_handshake_place() {
         server
             .shared
             .metrics
-            .rejected(peerjsd::metrics::Rejection::HandshakesPerIp),
+            .rejected(peerjsd::protocol::Rejection::HandshakesPerIp),
         1
     );
     // Another address completes its handshake, and then holds no handshake place.

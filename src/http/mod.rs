@@ -33,8 +33,8 @@ use tower::ServiceExt;
 
 use crate::gate::{self, Counted, HandshakeTicket};
 use crate::logging::LogIp;
-use crate::metrics::Rejection;
 use crate::protocol::ConnectParams;
+use crate::protocol::Rejection;
 use crate::state::Shared;
 use crate::ws::read_ahead::ReadAhead;
 use crate::ws::session::Origin;

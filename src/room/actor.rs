@@ -35,8 +35,8 @@ use super::{
     ConnId, Holder, IdHasher, JoinReply, JoinRequest, PeerLink, Refusal, Relay, RoomCmd, Routes,
 };
 use crate::config::RoomMode;
-use crate::metrics::{CloseReason, DropReason};
 use crate::protocol::{self, MessageType};
+use crate::protocol::{CloseReason, DropReason};
 
 /// What a queued message costs in memory besides its frame: its queue slot, the frame's
 /// allocation header and its sender's share entry. Charged against `--max-queued-bytes` and

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::metrics::CloseReason;
+use crate::protocol::CloseReason;
 use crate::protocol::MessageType;
 
 /// Mailbox size of a room actor.

@@ -35,7 +35,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::metrics::CloseReason;
+use crate::protocol::CloseReason;
 
 /// Buffers above this many slots are released when the queue drains (a busy peer keeps a
 /// small buffer instead of reallocating every batch; an idle one keeps what OPEN needed).

@@ -39,8 +39,8 @@ use crate::auth::TokenError;
 use crate::cluster::{Claimed, Cluster};
 use crate::config::{Config, RoomMode};
 use crate::logging::LogIp;
-use crate::metrics::{CloseReason, DropReason, Rejection};
 use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
+use crate::protocol::{CloseReason, DropReason, Rejection};
 use crate::room::outbox::{self, Limits};
 use crate::room::remote::{Seat, TokenDigest, token_digest};
 use crate::room::{
@@ -388,22 +388,10 @@ async fn close<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let code = match reason {
-        CloseReason::ClientGone => return,
-        CloseReason::Shutdown => CloseCode::Away,
-        CloseReason::AliveTimeout
-        | CloseReason::Replaced
-        | CloseReason::ProbeFailed
-        | CloseReason::Left => CloseCode::Normal,
-        CloseReason::SlowReader
-        | CloseReason::RateLimited
-        | CloseReason::Malformed
-        | CloseReason::DuplicateId => CloseCode::Policy,
-        CloseReason::TooLarge => CloseCode::Size,
-        CloseReason::InvalidUtf8 => CloseCode::Invalid,
-        CloseReason::ProtocolError => CloseCode::Protocol,
-        CloseReason::RoomFailed => CloseCode::Error,
-    };
+    if reason == CloseReason::ClientGone {
+        return;
+    }
+    let code = CloseCode::from(reason.close_code());
     let text = match reason {
         CloseReason::Shutdown => "going away",
         other => other.as_str(),

@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::read_ahead::ReadAhead;
 use super::session::Origin;
 use crate::logging::LogIp;
-use crate::metrics::Rejection;
 use crate::protocol::ConnectParams;
+use crate::protocol::Rejection;
 use crate::state::Shared;
 
 /// Longest request head the short path parses; a longer one is left to hyper.
