@@ -44,7 +44,7 @@ pub mod texts {
 }
 
 /// Longest id, token or key the server accepts (README: Configuration); with `--auth-secret` a token may
-/// be longer ([`crate::auth::MAX_TOKEN_LEN`]).
+/// be longer (`auth::MAX_TOKEN_LEN`).
 pub const MAX_NAME_LEN: usize = 64;
 
 /// The message types the server dispatches on. Anything else is ignored (docs/PROTOCOL.md §2).

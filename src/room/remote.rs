@@ -1,6 +1,6 @@
 //! What a room needs from the rest of a cluster: "where is id X" and "deliver to X".
 //!
-//! The room layer never knows how other nodes are reached; [`crate::cluster`] implements
+//! The room layer never knows how other nodes are reached; the `cluster` module implements
 //! [`Remote`] on NATS. A node that runs alone has no `Remote` at all, so its rooms take
 //! exactly the paths they always took (one `Option` test on the offline path, none on the
 //! direct one).
