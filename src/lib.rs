@@ -8,7 +8,8 @@
 //!
 //! - [`config`]: command line, environment and config file, validated once into [`Config`].
 //! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server frames.
-//! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
+//! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with,
+//!   and the serde_json reader it is held to (and measured against: `bench/ab.sh`).
 //! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes.
 //! - [`ws`]: the WebSocket handshake (a connection's first request head is read and checked
 //!   here, and an accepted upgrade needs no hyper), the read-ahead socket wrapper, and the
