@@ -8,6 +8,9 @@
 //! strictness as `JSON.parse` (grammar, control characters, escapes, nesting to any depth
 //! without recursion), so every frame the server relays is valid JSON.
 //!
+//! [`via_serde`] reads the same envelope with serde_json: it is the oracle the property tests
+//! hold this scanner to, and the variant `--features crate-json` builds for the A/B benchmark.
+//!
 //! It also holds the server's one JSON string escaper ([`write_escaped`]), used for the frames
 //! the server writes and for log lines.
 
@@ -15,6 +18,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use wide::u8x16;
+
+pub mod via_serde;
 
 /// Writes `s` escaped for the inside of a JSON string literal, as `JSON.stringify` does
 /// (`\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`, other control characters as `\u00XX`). Text

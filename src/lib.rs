@@ -10,7 +10,8 @@
 //! - [`protocol`]: the PeerJS wire format (no I/O): parsing client frames, building server
 //!   frames; and the reasons the server decides (close, drop, refusal) with their close codes,
 //!   which the metrics only label.
-//! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with.
+//! - [`json`]: the validating, allocation-free JSON scanner `protocol` parses frames with,
+//!   and the serde_json reader it is held to (and measured against: `bench/ab.sh`).
 //! - [`gate`]: what every accepted connection passes: per-address counts of connections and
 //!   of handshakes, and the server-wide bound on connections still in their handshake.
 //! - [`http`]: the accept loop, the upgrade/REST split, the REST and ops routes, the

@@ -5,7 +5,9 @@
 //! a UTF-8-revalidating adaptor) cost about a third of the server's CPU per connection. The
 //! output has the same shape: `{"timestamp":…,"level":…,"message":…,<fields>…,"target":…}`.
 //!
-//! Formatted lines go to stdout through [`sink`], which batches them on a thread of its own.
+//! Formatted lines go to stdout through `sink`, which batches them on a thread of its own
+//! (built with `--features appender-log`, through tracing-appender's non-blocking writer
+//! instead, for the A/B benchmark).
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
@@ -20,14 +22,21 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
+#[cfg(feature = "appender-log")]
+pub mod appender;
+#[cfg(not(feature = "appender-log"))]
 pub mod sink;
 
+#[cfg(feature = "appender-log")]
+pub use appender::{Flush, dropped_total};
+#[cfg(not(feature = "appender-log"))]
 pub use sink::{Flush, dropped_total};
 
-/// Installs the global subscriber: `format` on stdout through the batching [`sink`], `RUST_LOG`
+/// Installs the global subscriber: `format` on stdout through the batching `sink`, `RUST_LOG`
 /// (default `info`) filtering. Keep the returned guard until exit: dropping it writes out the
 /// last lines. Without a thread for the writer (it cannot be spawned), lines go straight to
 /// stdout.
+#[cfg(not(feature = "appender-log"))]
 pub fn init(format: LogFormat) -> Option<Flush> {
     match sink::Sink::spawn(std::io::stdout(), sink::CAPACITY, sink::LINGER) {
         Ok((sink, flush)) => {
@@ -40,6 +49,16 @@ pub fn init(format: LogFormat) -> Option<Flush> {
             None
         }
     }
+}
+
+/// Installs the global subscriber: `format` on stdout through tracing-appender's
+/// non-blocking writer, `RUST_LOG` (default `info`) filtering. Keep the returned guard until
+/// exit: dropping it writes out the last lines.
+#[cfg(feature = "appender-log")]
+pub fn init(format: LogFormat) -> Option<Flush> {
+    let (writer, flush) = appender::stdout();
+    install(format, writer);
+    Some(flush)
 }
 
 fn install<W>(format: LogFormat, writer: W)

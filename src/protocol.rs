@@ -144,9 +144,14 @@ pub enum FrameError {
     NotAnObject,
 }
 
-/// Parses one inbound text frame (see [`crate::json`] for the scanner).
+/// Parses one inbound text frame (see [`crate::json`] for the scanner; built with
+/// `--features crate-json`, serde_json reads it instead).
 pub fn parse_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
-    let envelope = json::scan(text).map_err(|e| match e {
+    #[cfg(not(feature = "crate-json"))]
+    let envelope = json::scan(text);
+    #[cfg(feature = "crate-json")]
+    let envelope = json::via_serde::scan(text);
+    let envelope = envelope.map_err(|e| match e {
         json::ScanError::Invalid => FrameError::Malformed,
         json::ScanError::NotAnObject => FrameError::NotAnObject,
     })?;
