@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 /// Identifies one actor incarnation, so an ending actor never removes its successor.
 pub type ActorId = u64;
 
+/// Room key → the actor incarnation registered for it and its handle.
+type Rooms = HashMap<Box<str>, (ActorId, RoomHandle)>;
+
 /// The registry of live rooms, with the configuration, metrics, budgets and task tracker
 /// their actors use.
 #[derive(Debug)]
@@ -40,7 +43,7 @@ pub struct RoomRegistry {
     pub remote: Option<Arc<dyn Remote>>,
     /// Every actor is spawned on it, so shutdown can wait for them.
     tracker: TaskTracker,
-    rooms: Mutex<HashMap<Box<str>, (ActorId, RoomHandle)>>,
+    rooms: Mutex<Rooms>,
     next_actor: AtomicU64,
     /// Set by [`RoomRegistry::shutdown_all`]: rooms spawned later are told to stop at once.
     shutting_down: AtomicBool,
@@ -71,7 +74,7 @@ impl RoomRegistry {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, (ActorId, RoomHandle)>> {
+    fn lock(&self) -> MutexGuard<'_, Rooms> {
         // A panic while holding this lock cannot leave the map inconsistent (each operation
         // is a single insert/remove), so a poisoned lock is still usable.
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
@@ -122,7 +125,11 @@ impl RoomRegistry {
 
     /// Removes the room if `actor_id` is still the one registered under `key`.
     fn forget(&self, key: &str, actor_id: ActorId) {
-        let mut rooms = self.lock();
+        self.remove_incarnation(&mut self.lock(), key, actor_id);
+    }
+
+    /// Removes `key`'s room from `rooms` if `actor_id` is still its registered incarnation.
+    fn remove_incarnation(&self, rooms: &mut Rooms, key: &str, actor_id: ActorId) {
         if rooms.get(key).is_some_and(|(id, _)| *id == actor_id) {
             rooms.remove(key);
             self.metrics.rooms.dec();
@@ -180,10 +187,7 @@ impl RoomRegistry {
         if !mailbox.is_empty() {
             return false;
         }
-        if rooms.get(key).is_some_and(|(id, _)| *id == actor) {
-            rooms.remove(key);
-            self.metrics.rooms.dec();
-        }
+        self.remove_incarnation(&mut rooms, key, actor);
         mailbox.close();
         true
     }
