@@ -198,6 +198,11 @@ struct Cli {
     #[arg(long, env = "PEERJSD_MAX_OUTBOUND_BYTES", default_value = "2097152")]
     max_outbound_bytes: usize,
 
+    /// Bytes waiting to be written to all peers together; past it a peer holding more than
+    /// 64 KiB of them is closed as a slow reader when more comes for it.
+    #[arg(long, env = "PEERJSD_MAX_OUTBOUND_TOTAL", default_value = "268435456")]
+    max_outbound_total: usize,
+
     /// A socket that accepts no bytes for this long while data waits for it is closed.
     #[arg(long, env = "PEERJSD_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     write_timeout: Duration,
@@ -478,6 +483,9 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Outbound bytes buffered per peer (queued, or taken and not yet written).
     pub max_outbound_bytes: usize,
+    /// Outbound bytes buffered for all peers together before a peer holding more than its
+    /// share is refused.
+    pub max_outbound_total: usize,
     /// How long a socket may accept no bytes while data waits for it.
     pub write_timeout: Duration,
     /// Liveness probe bound for a duplicate id's holder.
@@ -1249,6 +1257,13 @@ impl TryFrom<Cli> for Config {
                 ),
             );
         }
+        if cli.max_outbound_total < cli.max_outbound_bytes {
+            return bad(
+                "max-outbound-total",
+                &cli.max_outbound_total,
+                "must be at least --max-outbound-bytes",
+            );
+        }
         if cli.handshake_timeout.is_zero() {
             return bad("handshake-timeout", &"0", "must be more than 0");
         }
@@ -1377,6 +1392,7 @@ impl TryFrom<Cli> for Config {
             max_queued_bytes_per_sender: cli.max_queued_bytes_per_sender,
             outbound_queue: cli.outbound_queue,
             max_outbound_bytes: cli.max_outbound_bytes,
+            max_outbound_total: cli.max_outbound_total,
             write_timeout: cli.write_timeout,
             probe_timeout: cli.probe_timeout,
             shutdown_timeout: cli.shutdown_timeout,
@@ -1509,6 +1525,11 @@ mod tests {
         assert!(e.contains("--ipv6-prefix") && !e.contains('\n'), "{e}");
         let e = run(&["--max-handshakes", "0"]).unwrap_err();
         assert!(e.contains("--max-handshakes"), "{e}");
+        let e = run(&["--max-outbound-total", "1048576"]).unwrap_err();
+        assert!(
+            e.contains("--max-outbound-total") && e.contains("--max-outbound-bytes"),
+            "{e}"
+        );
     }
 
     #[test]

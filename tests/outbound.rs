@@ -147,6 +147,58 @@ async fn a_live_holder_on_a_slow_link_keeps_its_id() {
     assert_eq!(server.shared.metrics.closed(CloseReason::ProbeFailed), 0);
 }
 
+/// `--max-outbound-total`: once non-readers hold the server-wide total, a peer that would hold
+/// more than its share (64 KiB) is closed as a slow reader at once, long before the write
+/// timeout, while peers that keep reading go on; the bytes come back when the holders go.
+#[tokio::test]
+async fn past_the_outbound_total_only_a_peer_building_a_backlog_is_refused() {
+    let server = TestServer::with(|c| {
+        c.rate_limit = None;
+        c.write_timeout = Duration::from_secs(600);
+        c.alive_timeout = Duration::from_secs(600);
+        c.max_outbound_total = 2 << 20;
+    })
+    .await;
+    let first = small_buffer_peer(&server, "first", "t", 2048, |s| s).await;
+    let mut second = small_buffer_peer(&server, "second", "t", 2048, |s| s).await;
+    let mut sender = PeerClient::open(&server, "sender").await;
+    let mut honest = PeerClient::open(&server, "honest").await;
+    for _ in 0..2 {
+        sender.send_text(&big_offer("first", 1_000_000));
+    }
+    server
+        .until("the first non-reader holds the total", |s| {
+            s.rooms.budgets.outbound_bytes() > 1_900_000
+        })
+        .await;
+    // Under pressure a peer that keeps reading still gets its messages...
+    for n in 0..20 {
+        honest.send(json!({"type": "ANSWER", "dst": "sender", "payload": n}));
+        assert_eq!(sender.expect("ANSWER").await["payload"], n);
+        sender.send(json!({"type": "ANSWER", "dst": "honest", "payload": n}));
+        assert_eq!(honest.expect("ANSWER").await["payload"], n);
+    }
+    // ...one that would hold a megabyte is refused and closed, with 600 s left on its clock.
+    sender.send_text(&big_offer("second", 1_000_000));
+    server
+        .until("the second non-reader closed", |s| {
+            s.metrics.closed(CloseReason::SlowReader) == 1
+        })
+        .await;
+    assert_eq!(server.shared.metrics.outbound_refused.get(), 1);
+    assert_closed(&mut second, "slow_reader").await;
+    // The first holder was admitted before the pressure and is still registered.
+    assert_eq!(server.shared.peer_count(), 3);
+    drop(first);
+    server
+        .until("its bytes came back", |s| {
+            s.rooms.budgets.outbound_bytes() < 64 * 1024
+        })
+        .await;
+    honest.send(json!({"type": "ANSWER", "dst": "sender", "payload": "after"}));
+    assert_eq!(sender.expect("ANSWER").await["payload"], "after");
+}
+
 /// Bursts far larger than the old 256-frame queue, rate limit off, one core kept busy:
 /// the reader keeps reading, so it is never closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

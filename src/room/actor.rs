@@ -887,6 +887,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::metrics::Metrics;
+    use crate::room::budget::Budgets;
     use crate::room::outbox::Limits;
     use crate::room::{RoomHandle, SessionLink, link};
 
@@ -904,10 +905,13 @@ mod tests {
     /// Joins `id` with an outbound queue of `frames`; the session end is returned unread,
     /// with its registration.
     async fn join(room: &RoomHandle, id: &str, frames: usize) -> (SessionLink, ConnId) {
-        let (peer, session) = link(Limits {
-            frames,
-            bytes: 1 << 20,
-        });
+        let (peer, session) = link(
+            Limits {
+                frames,
+                bytes: 1 << 20,
+            },
+            Budgets::roomy(),
+        );
         let conn = peer.conn;
         let request = JoinRequest {
             id: Arc::from(id),

@@ -1,5 +1,6 @@
-//! The server-wide budgets rooms draw on: peer slots (`--concurrent-limit`) and offline-queue
-//! bytes (`--max-queued-bytes`).
+//! The server-wide budgets rooms draw on: peer slots (`--concurrent-limit`), offline-queue
+//! bytes (`--max-queued-bytes`) and the bytes waiting to be written to peers
+//! (`--max-outbound-total`).
 //!
 //! Every draw is a guard that gives back what it took when dropped, so whatever happens to
 //! the room holding it (it ends, or its actor panics and unwinds), the server's counts stay
@@ -21,20 +22,86 @@ pub struct Budgets {
     queued: AtomicUsize,
     /// `--max-queued-bytes`.
     queued_limit: usize,
+    /// `--max-outbound-total`; the bytes drawn against it are counted by the
+    /// `Metrics::outbound_bytes` gauge itself.
+    outbound_limit: usize,
     /// Gauges kept in step with the counters.
     metrics: Arc<Metrics>,
 }
 
+/// What one peer may have waiting to be written while the outbound total is over
+/// `--max-outbound-total`: a peer that keeps reading holds far less (signaling messages are a
+/// few KB), so under pressure only the peers that let a backlog build up are refused.
+pub const PRESSURE_SHARE: usize = 64 * 1024;
+
+/// The sizes of the server-wide budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetLimits {
+    /// Registered peers (`--concurrent-limit`).
+    pub peers: usize,
+    /// Bytes in offline queues (`--max-queued-bytes`).
+    pub queued_bytes: usize,
+    /// Bytes waiting to be written to peers, beyond which a peer holding more than
+    /// [`PRESSURE_SHARE`] is refused (`--max-outbound-total`).
+    pub outbound_bytes: usize,
+}
+
 impl Budgets {
-    /// Budgets of `peer_limit` peers and `queued_limit` queued bytes.
-    pub fn new(peer_limit: usize, queued_limit: usize, metrics: Arc<Metrics>) -> Self {
+    /// Budgets of the given sizes.
+    pub fn new(limits: BudgetLimits, metrics: Arc<Metrics>) -> Self {
         Budgets {
             peers: AtomicUsize::new(0),
-            peer_limit,
+            peer_limit: limits.peers,
             queued: AtomicUsize::new(0),
-            queued_limit,
+            queued_limit: limits.queued_bytes,
+            outbound_limit: limits.outbound_bytes,
             metrics,
         }
+    }
+
+    /// Budgets no unit test reaches, for tests of the pieces that draw on them.
+    #[cfg(test)]
+    pub fn roomy() -> Arc<Self> {
+        Arc::new(Budgets::new(
+            BudgetLimits {
+                peers: usize::MAX,
+                queued_bytes: usize::MAX,
+                outbound_bytes: usize::MAX,
+            },
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    /// Draws `cost` bytes for a frame that will wait to be written to a peer whose backlog,
+    /// counting it, is `backlog`. Refused only when the server-wide total would pass
+    /// `--max-outbound-total` and the peer would hold more than [`PRESSURE_SHARE`]; so the
+    /// total stays under the limit plus one share per peer, and a peer that keeps reading is
+    /// refused only if a single frame is larger than the share while the server is short.
+    /// A refusal is counted if `count` (the room's own push, whose refusal closes the peer;
+    /// a session's direct push that is refused goes through the room next).
+    pub fn draw_outbound(&self, cost: usize, backlog: usize, count: bool) -> bool {
+        let gauge = &self.metrics.outbound_bytes;
+        let before = usize::try_from(gauge.inc_by(cost as i64)).unwrap_or(0);
+        if before + cost <= self.outbound_limit || backlog <= PRESSURE_SHARE {
+            return true;
+        }
+        gauge.dec_by(cost as i64);
+        if count {
+            self.metrics.outbound_refused.inc();
+        }
+        false
+    }
+
+    /// Gives back `bytes` drawn by [`draw_outbound`](Self::draw_outbound).
+    pub fn return_outbound(&self, bytes: usize) {
+        if bytes != 0 {
+            self.metrics.outbound_bytes.dec_by(bytes as i64);
+        }
+    }
+
+    /// Bytes waiting to be written to peers right now.
+    pub fn outbound_bytes(&self) -> usize {
+        usize::try_from(self.metrics.outbound_bytes.get()).unwrap_or(0)
     }
 
     /// Takes a peer slot, if any is free.
@@ -139,7 +206,14 @@ mod tests {
 
     #[test]
     fn slots_and_charges_come_back_when_dropped() {
-        let budgets = Arc::new(Budgets::new(2, 100, Arc::new(Metrics::new())));
+        let budgets = Arc::new(Budgets::new(
+            BudgetLimits {
+                peers: 2,
+                queued_bytes: 100,
+                outbound_bytes: 0,
+            },
+            Arc::new(Metrics::new()),
+        ));
         let a = budgets.peer_slot().unwrap();
         let _b = budgets.peer_slot().unwrap();
         assert!(budgets.peer_slot().is_none());
@@ -157,5 +231,31 @@ mod tests {
         drop(second);
         assert_eq!(budgets.queued_bytes(), 0);
         assert_eq!(budgets.metrics.queued_messages.get(), 0);
+    }
+
+    #[test]
+    fn under_pressure_only_a_peer_past_its_share_is_refused() {
+        let budgets = Budgets::new(
+            BudgetLimits {
+                peers: 1,
+                queued_bytes: 0,
+                outbound_bytes: 100_000,
+            },
+            Arc::new(Metrics::new()),
+        );
+        // One peer fills the total with its own backlog: no pressure yet.
+        assert!(budgets.draw_outbound(100_000, 100_000, true));
+        // Past the total, a peer with a small backlog still gets its frames...
+        assert!(budgets.draw_outbound(1_000, 1_000, true));
+        assert!(budgets.draw_outbound(1_000, PRESSURE_SHARE, true));
+        // ...one whose backlog would pass the share does not, and nothing is drawn for it.
+        assert!(!budgets.draw_outbound(1_000, PRESSURE_SHARE + 1, true));
+        assert_eq!(budgets.outbound_bytes(), 102_000);
+        assert_eq!(budgets.metrics.outbound_refused.get(), 1);
+        // Once the backlog is written, the total is back under the limit for everyone.
+        budgets.return_outbound(100_000);
+        assert!(budgets.draw_outbound(1_000, 200_000, true));
+        budgets.return_outbound(3_000);
+        assert_eq!(budgets.outbound_bytes(), 0);
     }
 }

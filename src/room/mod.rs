@@ -71,9 +71,10 @@ pub struct SessionLink {
     pub rx: outbox::OutboxReceiver,
 }
 
-/// A fresh pair of link ends with an outbound queue bounded by `limits`.
-pub fn link(limits: outbox::Limits) -> (PeerLink, SessionLink) {
-    let (tx, rx) = outbox::outbox(limits);
+/// A fresh pair of link ends with an outbound queue bounded by `limits`, drawing on the
+/// outbound total of `budgets`.
+pub fn link(limits: outbox::Limits, budgets: Arc<budget::Budgets>) -> (PeerLink, SessionLink) {
+    let (tx, rx) = outbox::outbox(limits, budgets);
     (
         PeerLink {
             conn: next_conn_id(),

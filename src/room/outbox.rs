@@ -16,6 +16,9 @@
 //! A push that would pass either bound is refused with [`SendError::Full`]: only a peer whose
 //! socket stopped taking bytes gets there (an honest reader drains as fast as it is written
 //! to; see `--write-timeout` in the session for a socket that stalls with little queued).
+//! Every charge is also drawn from the server-wide outbound total
+//! ([`Budgets::draw_outbound`], `--max-outbound-total`): while that is over its limit, a push
+//! that would leave this peer holding more than [`PRESSURE_SHARE`] is refused the same way.
 //!
 //! **Probes** ("are you alive?" pings for the liveness probe) travel beside the frames, not in
 //! the queue: they are never refused for being full, and the session sends them ahead of
@@ -36,6 +39,9 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::CloseReason;
+use crate::room::budget::Budgets;
+#[cfg(doc)]
+use crate::room::budget::PRESSURE_SHARE;
 
 /// Buffers above this many slots are released when the queue drains (a busy peer keeps a
 /// small buffer instead of reallocating every batch; an idle one keeps what OPEN needed).
@@ -69,6 +75,8 @@ struct Inner {
     /// Wakes the consumer after a push, a kill, or when the sender goes away.
     wake: AtomicWaker,
     limits: Limits,
+    /// The server-wide outbound total every charge is drawn from.
+    budgets: Arc<Budgets>,
     /// Messages this queue's session sent through the room that the room has not handled
     /// yet (see [`InFlight`]).
     in_flight: AtomicU32,
@@ -124,12 +132,13 @@ pub struct OutboxReceiver {
     inner: Arc<Inner>,
 }
 
-/// A link whose queue holds at most `limits`.
-pub fn outbox(limits: Limits) -> (OutboxSender, OutboxReceiver) {
+/// A link whose queue holds at most `limits`, drawing on the outbound total of `budgets`.
+pub fn outbox(limits: Limits, budgets: Arc<Budgets>) -> (OutboxSender, OutboxReceiver) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State::default()),
         wake: AtomicWaker::new(),
         limits,
+        budgets,
         in_flight: AtomicU32::new(0),
     });
     (
@@ -148,17 +157,22 @@ impl Inner {
 
     /// Queues `frame` unless the queue is at a bound, or nobody will read it (the session is
     /// gone, or the room has let the member go); then `frame` comes back with the reason.
-    fn try_push(&self, frame: Utf8Bytes) -> Result<(), (SendError, Utf8Bytes)> {
+    /// `by_room`: the room's own push (whose refusal is final), not a session's direct one.
+    fn try_push(&self, frame: Utf8Bytes, by_room: bool) -> Result<(), (SendError, Utf8Bytes)> {
         {
             let mut state = self.lock();
             if state.refuses() {
                 return Err((SendError::Closed, frame));
             }
             let cost = charge(&frame);
-            if state.queue.len() >= self.limits.frames || state.bytes + cost > self.limits.bytes {
+            let backlog = state.bytes + cost;
+            if state.queue.len() >= self.limits.frames
+                || backlog > self.limits.bytes
+                || !self.budgets.draw_outbound(cost, backlog, by_room)
+            {
                 return Err((SendError::Full, frame));
             }
-            state.bytes += cost;
+            state.bytes = backlog;
             state.queue.push_back(frame);
         }
         self.wake.wake();
@@ -166,11 +180,18 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.budgets.return_outbound(state.bytes);
+    }
+}
+
 impl OutboxSender {
     /// Queues `frame` unless the queue is at a bound or its receiver is gone; then the frame
     /// comes back with the reason.
     pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), (SendError, Utf8Bytes)> {
-        self.inner.try_push(frame)
+        self.inner.try_push(frame, true)
     }
 
     /// Asks the session for a sign of life: `alive` gets `()` when the peer shows one. If the
@@ -198,9 +219,18 @@ impl OutboxSender {
         }
     }
 
-    /// Tells the session to close with `reason`; queued frames are not delivered.
+    /// Tells the session to close with `reason`; queued frames are not delivered, and their
+    /// bytes go back at once.
     pub fn kill(self, reason: CloseReason) {
-        self.inner.lock().killed = Some(reason);
+        let dropped = {
+            let mut state = self.inner.lock();
+            state.killed = Some(reason);
+            let queued: usize = state.queue.iter().map(charge).sum();
+            state.queue = VecDeque::new();
+            state.bytes -= queued;
+            queued
+        };
+        self.inner.budgets.return_outbound(dropped);
         // Drop wakes the session.
     }
 }
@@ -222,7 +252,9 @@ impl Route {
     /// Queues a frame as [`OutboxSender::try_send`] does (refusing also once the room has
     /// let the member go); gives it back if refused.
     pub fn try_send_frame(&self, frame: Utf8Bytes) -> Result<(), Utf8Bytes> {
-        self.inner.try_push(frame).map_err(|(_, frame)| frame)
+        self.inner
+            .try_push(frame, false)
+            .map_err(|(_, frame)| frame)
     }
 }
 
@@ -309,8 +341,13 @@ impl OutboxReceiver {
 
     /// Gives back `bytes` of charge for frames written to the socket.
     pub fn release(&self, bytes: usize) {
-        let mut state = self.inner.lock();
-        state.bytes = state.bytes.saturating_sub(bytes);
+        let freed = {
+            let mut state = self.inner.lock();
+            let freed = bytes.min(state.bytes);
+            state.bytes -= freed;
+            freed
+        };
+        self.inner.budgets.return_outbound(freed);
     }
 }
 
@@ -338,10 +375,13 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_in_order_and_bounds_the_queue_in_frames() {
-        let (tx, rx) = outbox(Limits {
-            frames: 2,
-            bytes: 1 << 20,
-        });
+        let (tx, rx) = outbox(
+            Limits {
+                frames: 2,
+                bytes: 1 << 20,
+            },
+            Budgets::roomy(),
+        );
         assert!(tx.try_send(frame("a")).is_ok());
         assert!(tx.try_send(frame("b")).is_ok());
         assert!(matches!(tx.try_send(frame("c")), Err((SendError::Full, f)) if f.as_str() == "c"));
@@ -352,10 +392,13 @@ mod tests {
     #[tokio::test]
     async fn bytes_stay_charged_until_released() {
         let small = charge(&frame("0123456789"));
-        let (tx, rx) = outbox(Limits {
-            frames: 100,
-            bytes: 2 * small,
-        });
+        let (tx, rx) = outbox(
+            Limits {
+                frames: 100,
+                bytes: 2 * small,
+            },
+            Budgets::roomy(),
+        );
         assert!(tx.try_send(frame("0123456789")).is_ok());
         assert!(tx.try_send(frame("0123456789")).is_ok());
         assert!(matches!(
@@ -373,8 +416,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_charge_is_drawn_from_the_server_wide_total_and_comes_back() {
+        let budgets = Budgets::roomy();
+        let small = charge(&frame("0123456789"));
+        let (tx, rx) = outbox(ROOMY, Arc::clone(&budgets));
+        for _ in 0..3 {
+            assert!(tx.try_send(frame("0123456789")).is_ok());
+        }
+        assert_eq!(budgets.outbound_bytes(), 3 * small);
+        // Two taken and one of them written; then the room lets the member go.
+        let mut frames = VecDeque::new();
+        poll_fn(|cx| rx.poll_take(cx, &mut frames, &mut Vec::new()))
+            .await
+            .unwrap();
+        rx.release(small);
+        assert!(tx.try_send(frame("0123456789")).is_ok());
+        tx.kill(CloseReason::SlowReader);
+        // The frame still queued went back with the kill; the two taken go with the session.
+        assert_eq!(budgets.outbound_bytes(), 2 * small);
+        drop(rx);
+        assert_eq!(budgets.outbound_bytes(), 0);
+    }
+
+    #[tokio::test]
     async fn wakes_the_receiver_and_reports_a_sender_dropped_without_a_kill_as_a_failure() {
-        let (tx, rx) = outbox(ROOMY);
+        let (tx, rx) = outbox(ROOMY, Budgets::roomy());
         let waiter = tokio::spawn(async move { (take(&rx).await, take(&rx).await) });
         tokio::task::yield_now().await;
         assert!(tx.try_send(frame("x")).is_ok());
@@ -388,7 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kill_wins_over_queued_frames_and_wakes_a_stuck_writer() {
-        let (tx, rx) = outbox(ROOMY);
+        let (tx, rx) = outbox(ROOMY, Budgets::roomy());
         assert!(tx.try_send(frame("never")).is_ok());
         let (waiting, done) = tokio::sync::oneshot::channel();
         let rx_task = tokio::spawn(async move {
@@ -406,10 +472,13 @@ mod tests {
 
     #[tokio::test]
     async fn probes_pass_a_full_queue_and_a_flood_of_them_reads_as_alive() {
-        let (tx, rx) = outbox(Limits {
-            frames: 1,
-            bytes: 1 << 20,
-        });
+        let (tx, rx) = outbox(
+            Limits {
+                frames: 1,
+                bytes: 1 << 20,
+            },
+            Budgets::roomy(),
+        );
         assert!(tx.try_send(frame("fills it")).is_ok());
         let (alive, answer) = oneshot::channel();
         tx.probe(alive);
@@ -433,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_to_a_dropped_receiver_fails_and_its_probe_is_dropped() {
-        let (tx, rx) = outbox(ROOMY);
+        let (tx, rx) = outbox(ROOMY, Budgets::roomy());
         drop(rx);
         assert!(matches!(
             tx.try_send(frame("x")),
@@ -446,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_route_refuses_once_the_member_is_let_go_or_its_session_is_gone() {
-        let (tx, rx) = outbox(ROOMY);
+        let (tx, rx) = outbox(ROOMY, Budgets::roomy());
         let route = tx.route();
         assert!(route.try_send_frame(frame("a")).is_ok());
         tx.kill(CloseReason::SlowReader);
@@ -456,7 +525,7 @@ mod tests {
         );
         drop(rx);
 
-        let (tx, rx) = outbox(ROOMY);
+        let (tx, rx) = outbox(ROOMY, Budgets::roomy());
         let route = tx.route();
         drop(rx);
         // (The room's own sender refuses too: `a_send_to_a_dropped_receiver_fails…`.)
@@ -466,7 +535,7 @@ mod tests {
 
     #[test]
     fn in_flight_counts_until_each_guard_is_dropped() {
-        let (_tx, rx) = outbox(ROOMY);
+        let (_tx, rx) = outbox(ROOMY, Budgets::roomy());
         assert!(!rx.has_in_flight());
         let first = rx.in_flight();
         let second = rx.in_flight();

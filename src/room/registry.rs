@@ -17,7 +17,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::task::TaskTracker;
 
 use super::actor::RoomActor;
-use super::budget::Budgets;
+use super::budget::{BudgetLimits, Budgets};
 use super::remote::Remote;
 use super::{RoomCmd, RoomHandle};
 use crate::config::Config;
@@ -58,8 +58,11 @@ impl RoomRegistry {
         remote: Option<Arc<dyn Remote>>,
     ) -> Self {
         let budgets = Arc::new(Budgets::new(
-            config.concurrent_limit,
-            config.max_queued_bytes,
+            BudgetLimits {
+                peers: config.concurrent_limit,
+                queued_bytes: config.max_queued_bytes,
+                outbound_bytes: config.max_outbound_total,
+            },
             Arc::clone(&metrics),
         ));
         RoomRegistry {

@@ -211,10 +211,13 @@ where
             }
             _ => None,
         };
-        let (peer_link, link) = room::link(Limits {
-            frames: config.outbound_queue,
-            bytes: config.max_outbound_bytes,
-        });
+        let (peer_link, link) = room::link(
+            Limits {
+                frames: config.outbound_queue,
+                bytes: config.max_outbound_bytes,
+            },
+            Arc::clone(&shared.rooms.budgets),
+        );
         let conn = peer_link.conn;
         let request = JoinRequest {
             id: Arc::clone(&id),
