@@ -32,12 +32,30 @@ pub fn nats_server_bin() -> PathBuf {
     panic!("nats-server not found (the cluster tests need it): apt-get install nats-server");
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a server that binds it later. It comes
+/// from below the kernel's ephemeral range (32768 and up on Linux), so no client socket of a
+/// test running beside this one can be given it in the meantime (a port from `bind(:0)` could
+/// be, and the server would then fail to start), nor from the 20000s that tests/ice.rs gives
+/// coturn's relays, and this process never hands one out twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    // Processes running at once (nextest) start far apart.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// One nats-server process.
