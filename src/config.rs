@@ -190,6 +190,15 @@ struct Cli {
     )]
     max_queued_bytes_per_sender: usize,
 
+    /// The share of the offline queue held by all senders from one client address (IPv6: per
+    /// --ipv6-prefix network), in bytes across all rooms; past it they get EXPIRE at once.
+    #[arg(
+        long,
+        env = "PEERJSD_MAX_QUEUED_BYTES_PER_IP",
+        default_value = "8388608"
+    )]
+    max_queued_bytes_per_ip: usize,
+
     /// Frames waiting to be written to one peer; a peer that lets this fill up is closed.
     #[arg(long, env = "PEERJSD_OUTBOUND_QUEUE", default_value = "4096")]
     outbound_queue: usize,
@@ -479,6 +488,8 @@ pub struct Config {
     pub max_queue_per_sender: usize,
     /// Offline-queue bytes one sender may hold.
     pub max_queued_bytes_per_sender: usize,
+    /// Offline-queue bytes the senders from one client address may hold.
+    pub max_queued_bytes_per_ip: usize,
     /// Outbound frames buffered per peer.
     pub outbound_queue: usize,
     /// Outbound bytes buffered per peer (queued, or taken and not yet written).
@@ -1390,6 +1401,7 @@ impl TryFrom<Cli> for Config {
             max_queued_bytes: cli.max_queued_bytes,
             max_queue_per_sender: cli.max_queue_per_sender,
             max_queued_bytes_per_sender: cli.max_queued_bytes_per_sender,
+            max_queued_bytes_per_ip: cli.max_queued_bytes_per_ip,
             outbound_queue: cli.outbound_queue,
             max_outbound_bytes: cli.max_outbound_bytes,
             max_outbound_total: cli.max_outbound_total,

@@ -317,8 +317,9 @@ label_enum! {
         TooLarge => "too_large",
         /// The offline queue for the destination (or all queues) was full: EXPIRE sent at once.
         QueueOverflow => "queue_overflow",
-        /// The sender already holds its share of the offline queue
-        /// (`--max-queue-per-sender`, `--max-queued-bytes-per-sender`): EXPIRE sent at once.
+        /// The sender, or the senders from its address, already hold their share of the
+        /// offline queue (`--max-queue-per-sender`, `--max-queued-bytes-per-sender`,
+        /// `--max-queued-bytes-per-ip`): EXPIRE sent at once.
         QueueShare => "queue_share",
         /// Waited in the offline queue until it expired: EXPIRE sent.
         Expired => "expired",

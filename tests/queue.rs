@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use peerjsd::protocol::DropReason;
 use serde_json::{Value, json};
+use std::net::IpAddr;
 use std::time::Duration;
 
 #[tokio::test]
@@ -265,4 +266,76 @@ async fn one_sender_cannot_use_up_the_offline_queue_for_everyone() {
 
 fn offer_to(dst: &str, n: u32) -> Value {
     json!({"type": "OFFER", "dst": dst, "payload": {"n": n, "sdp": sdp(300)}})
+}
+
+/// Many senders from one address (each within its own share) cannot use up the offline queue
+/// either: together they hold at most their address's share (`--max-queued-bytes-per-ip`),
+/// and a sender from another address still queues.
+#[tokio::test]
+async fn senders_from_one_address_share_one_part_of_the_offline_queue() {
+    const PER_IP: usize = 256 * 1024;
+    let server = TestServer::with(|c| {
+        c.rate_limit = None;
+        c.max_queued_bytes_per_ip = PER_IP;
+    })
+    .await;
+    let attacker_ip: IpAddr = [127, 0, 0, 1].into();
+    let big = |dst: &str| {
+        json!({"type": "OFFER", "dst": dst, "payload": "x".repeat(100_000)}).to_string()
+    };
+    let mut attackers = Vec::new();
+    for a in 0..4 {
+        let attacker = PeerClient::open_from(&server, &format!("a{a}"), attacker_ip).await;
+        for n in 0..4 {
+            attacker.send_text(&big(&format!("ghost-{a}-{n}")));
+        }
+        attackers.push(attacker);
+    }
+    // 16 offers of 100 KB, each sender well within its own 1 MiB: only two fit the address's
+    // share, the other 14 are answered EXPIRE at once.
+    server
+        .until("14 refused", |s| {
+            s.metrics.dropped(DropReason::QueueShare) == 14
+        })
+        .await;
+    // Each sender is told, per made-up id.
+    let mut expired = 0;
+    tokio::time::timeout(WAIT, async {
+        while expired < 14 {
+            for attacker in &mut attackers {
+                for event in attacker.drain() {
+                    match event {
+                        Event::Frame(frame) if frame["type"] == "EXPIRE" => expired += 1,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("14 EXPIREs");
+    assert_eq!(expired, 14);
+    let queued = server.shared.rooms.budgets.origin_bytes(attacker_ip);
+    assert!(
+        (200_000..=PER_IP).contains(&queued),
+        "{queued} bytes queued"
+    );
+    assert_eq!(server.shared.metrics.queued_messages.get(), 2);
+    // Another address queues as usual, and its peer gets everything when it comes.
+    let honest = PeerClient::open_from(&server, "honest", [127, 0, 0, 2].into()).await;
+    for _ in 0..2 {
+        honest.send_text(&big("late"));
+    }
+    server
+        .until("the honest offers queued", |s| {
+            s.metrics.queued_messages.get() == 4
+        })
+        .await;
+    let mut late = PeerClient::connect(&server, "late", "t").await;
+    assert_eq!(late.recv().await, json!({"type": "OPEN"}));
+    for _ in 0..2 {
+        assert_eq!(late.expect("OFFER").await["src"], "honest");
+    }
+    assert_eq!(server.shared.metrics.dropped(DropReason::QueueShare), 14);
 }

@@ -614,6 +614,7 @@ impl NodeTask {
         let room = self.rooms.get_or_spawn(&deliver.room);
         let relay = Relay {
             src: Arc::from(deliver.src),
+            origin: None,
             kind: deliver.kind,
             dst: DstRef::Owned(deliver.dst.into_boxed_str()),
             frame,

@@ -20,6 +20,7 @@
 //! to connected members without passing through it (see the module above).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -27,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::budget::{PeerSlot, QueueCharge};
+use super::budget::{OriginCharge, PeerSlot, QueueCharge};
 use super::outbox::SendError;
 use super::registry::{ActorId, RoomRegistry};
 use super::remote::{NodeId, Seat, TokenDigest, token_digest};
@@ -77,6 +78,9 @@ struct Member {
 #[derive(Debug)]
 struct Queued {
     src: Arc<str>,
+    /// The sender's client address (network, for IPv6), whose share it is charged to too;
+    /// `None` for a message from another node.
+    origin: Option<IpAddr>,
     kind: MessageType,
     frame: Utf8Bytes,
 }
@@ -123,6 +127,9 @@ pub struct RoomActor {
     deadlines: VecDeque<(Instant, Arc<str>, u64)>,
     /// Each sender's share of the offline queues; an entry exists while it holds any.
     shares: IdMap<Arc<str>, Share>,
+    /// What the offline queues here hold from each client address, against its share
+    /// across all rooms; an entry exists while it holds any.
+    origins: IdMap<IpAddr, OriginCharge>,
     /// Members to remove (and announce), drained by [`RoomActor::settle`].
     leaving: Vec<(Arc<str>, CloseReason)>,
     next_generation: u64,
@@ -150,6 +157,7 @@ impl RoomActor {
             queues: IdMap::default(),
             deadlines: VecDeque::new(),
             shares: IdMap::default(),
+            origins: IdMap::default(),
             leaving: Vec::new(),
             next_generation: 0,
             next_join: 0,
@@ -529,6 +537,7 @@ impl RoomActor {
     fn relay(&mut self, relay: Relay) {
         let Relay {
             src,
+            origin,
             kind,
             dst,
             frame,
@@ -541,11 +550,23 @@ impl RoomActor {
             Some(member) => member.link.tx.try_send(frame),
             None if self.rooms.remote.is_some() => {
                 let dst: Arc<str> = Arc::from(dst.resolve(&frame));
-                return self.relay_elsewhere(src, kind, dst, frame, sent.is_none());
+                let message = Queued {
+                    src,
+                    origin,
+                    kind,
+                    frame,
+                };
+                return self.relay_elsewhere(message, dst, sent.is_none());
             }
             None if kind.is_queued_when_offline() => {
                 let dst = Arc::from(dst.resolve(&frame));
-                return self.enqueue(src, kind, dst, frame);
+                let message = Queued {
+                    src,
+                    origin,
+                    kind,
+                    frame,
+                };
+                return self.enqueue(message, dst);
             }
             None => {
                 return self
@@ -566,14 +587,7 @@ impl RoomActor {
     /// A message for an id that is not a member here: to the node that holds it, or into
     /// the offline queue. A message that came from another node is never sent on to a third
     /// (directories that disagree for a moment must not bounce it around): it waits here.
-    fn relay_elsewhere(
-        &mut self,
-        src: Arc<str>,
-        kind: MessageType,
-        dst: Arc<str>,
-        frame: Utf8Bytes,
-        from_remote: bool,
-    ) {
+    fn relay_elsewhere(&mut self, message: Queued, dst: Arc<str>, from_remote: bool) {
         let node = match &self.rooms.remote {
             Some(remote) if !from_remote => remote.locate(&self.key, &dst),
             _ => None,
@@ -583,23 +597,26 @@ impl RoomActor {
             if self.queues.contains_key(&dst) {
                 self.forward_queue(&dst, &node);
             }
+            let Queued {
+                src, kind, frame, ..
+            } = &message;
             let sent = self
                 .rooms
                 .remote
                 .as_ref()
-                .is_some_and(|r| r.deliver(&node, &self.key, &src, &dst, kind, &frame));
+                .is_some_and(|r| r.deliver(&node, &self.key, src, &dst, *kind, frame));
             if !sent {
                 self.rooms
                     .metrics
                     .drop_messages(DropReason::ClusterUnreachable, 1);
                 if kind.is_queued_when_offline() {
-                    self.send_expire(&dst, &src);
+                    self.send_expire(&dst, src);
                 }
             }
             return;
         }
-        if kind.is_queued_when_offline() {
-            return self.enqueue(src, kind, dst, frame);
+        if message.kind.is_queued_when_offline() {
+            return self.enqueue(message, dst);
         }
         self.rooms
             .metrics
@@ -684,22 +701,28 @@ impl RoomActor {
     }
 
     /// Queues a message for an offline id, or answers EXPIRE at once if the destination's
-    /// queue, the sender's share or the server-wide budget is full.
-    fn enqueue(&mut self, src: Arc<str>, kind: MessageType, dst: Arc<str>, frame: Utf8Bytes) {
+    /// queue, the sender's share, its address's share or the server-wide budget is full.
+    fn enqueue(&mut self, queued: Queued, dst: Arc<str>) {
         let config = &self.rooms.config;
-        let queued = Queued { src, kind, frame };
         let cost = queued.cost();
         let share = self.shares.get(&queued.src).copied().unwrap_or_default();
         let within_share = share.messages < config.max_queue_per_sender
-            && share.bytes + cost <= config.max_queued_bytes_per_sender;
+            && share.bytes + cost <= config.max_queued_bytes_per_sender
+            && queued
+                .origin
+                .is_none_or(|origin| self.draw_origin(origin, cost));
         let accepted = within_share
             && match self.queues.get_mut(&dst) {
                 Some(queue) => {
-                    queue.messages.len() < config.max_queue_per_peer && queue.charge.add(cost)
+                    queue.messages.len() < self.rooms.config.max_queue_per_peer
+                        && queue.charge.add(cost)
                 }
                 None => self.new_queue(&dst, cost),
             };
         if !accepted {
+            if within_share && let Some(origin) = queued.origin {
+                self.return_origin(origin, cost);
+            }
             let why = if within_share {
                 DropReason::QueueOverflow
             } else {
@@ -742,9 +765,31 @@ impl RoomActor {
         true
     }
 
-    /// Takes a message that leaves the queue off its sender's share.
+    /// Charges `cost` to the share of client address `origin`, if it allows.
+    fn draw_origin(&mut self, origin: IpAddr, cost: usize) -> bool {
+        let budgets = &self.rooms.budgets;
+        self.origins
+            .entry(origin)
+            .or_insert_with(|| budgets.origin_charge(origin))
+            .add(cost)
+    }
+
+    /// Gives `cost` back to the share of client address `origin`.
+    fn return_origin(&mut self, origin: IpAddr, cost: usize) {
+        if let Some(charge) = self.origins.get_mut(&origin) {
+            charge.sub(cost);
+            if charge.bytes() == 0 {
+                self.origins.remove(&origin);
+            }
+        }
+    }
+
+    /// Takes a message that leaves the queue off its sender's share and its address's.
     fn unshare(&mut self, queued: &Queued) {
         let cost = queued.cost();
+        if let Some(origin) = queued.origin {
+            self.return_origin(origin, cost);
+        }
         if let Some(share) = self.shares.get_mut(&queued.src) {
             share.messages -= 1;
             share.bytes -= cost;
@@ -871,6 +916,9 @@ impl RoomActor {
         if oversized(self.shares.len(), self.shares.capacity()) {
             self.shares.shrink_to_fit();
         }
+        if oversized(self.origins.len(), self.origins.capacity()) {
+            self.origins.shrink_to_fit();
+        }
         if oversized(self.deadlines.len(), self.deadlines.capacity()) {
             self.deadlines.shrink_to_fit();
         }
@@ -988,6 +1036,7 @@ mod tests {
             protocol::relay_frame_locating_dst(MessageType::Offer, "sender", "ghost", None);
         room.send(RoomCmd::Relay(Relay {
             src: Arc::from("sender"),
+            origin: None,
             kind: MessageType::Offer,
             dst: super::super::DstRef::Owned(Box::from("ghost")),
             frame: Utf8Bytes::from(text),

@@ -1,13 +1,16 @@
 //! The server-wide budgets rooms draw on: peer slots (`--concurrent-limit`), offline-queue
-//! bytes (`--max-queued-bytes`) and the bytes waiting to be written to peers
+//! bytes (`--max-queued-bytes`, and each client address's share of them,
+//! `--max-queued-bytes-per-ip`) and the bytes waiting to be written to peers
 //! (`--max-outbound-total`).
 //!
 //! Every draw is a guard that gives back what it took when dropped, so whatever happens to
 //! the room holding it (it ends, or its actor panics and unwinds), the server's counts stay
 //! true: a failed room cannot leak seats or queue space.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::metrics::Metrics;
 
@@ -22,6 +25,11 @@ pub struct Budgets {
     queued: AtomicUsize,
     /// `--max-queued-bytes`.
     queued_limit: usize,
+    /// Offline-queue bytes charged to each client address (IPv6: its network) that has any,
+    /// across every room.
+    origins: Mutex<HashMap<IpAddr, usize>>,
+    /// `--max-queued-bytes-per-ip`.
+    origin_limit: usize,
     /// `--max-outbound-total`; the bytes drawn against it are counted by the
     /// `Metrics::outbound_bytes` gauge itself.
     outbound_limit: usize,
@@ -41,6 +49,9 @@ pub struct BudgetLimits {
     pub peers: usize,
     /// Bytes in offline queues (`--max-queued-bytes`).
     pub queued_bytes: usize,
+    /// Of those, what the senders from one client address may hold
+    /// (`--max-queued-bytes-per-ip`).
+    pub queued_bytes_per_origin: usize,
     /// Bytes waiting to be written to peers, beyond which a peer holding more than
     /// [`PRESSURE_SHARE`] is refused (`--max-outbound-total`).
     pub outbound_bytes: usize,
@@ -54,6 +65,8 @@ impl Budgets {
             peer_limit: limits.peers,
             queued: AtomicUsize::new(0),
             queued_limit: limits.queued_bytes,
+            origins: Mutex::default(),
+            origin_limit: limits.queued_bytes_per_origin,
             outbound_limit: limits.outbound_bytes,
             metrics,
         }
@@ -66,6 +79,7 @@ impl Budgets {
             BudgetLimits {
                 peers: usize::MAX,
                 queued_bytes: usize::MAX,
+                queued_bytes_per_origin: usize::MAX,
                 outbound_bytes: usize::MAX,
             },
             Arc::new(Metrics::new()),
@@ -128,6 +142,26 @@ impl Budgets {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// An empty charge against the offline-queue share of client address `origin` (already
+    /// reduced to its network for IPv6), to grow message by message.
+    pub fn origin_charge(self: &Arc<Self>, origin: IpAddr) -> OriginCharge {
+        OriginCharge {
+            budgets: Arc::clone(self),
+            origin,
+            bytes: 0,
+        }
+    }
+
+    fn origins(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Plain counts, each changed in one step: a panic cannot leave them half-written.
+        self.origins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offline-queue bytes charged to `origin` right now, in every room.
+    pub fn origin_bytes(&self, origin: IpAddr) -> usize {
+        self.origins().get(&origin).copied().unwrap_or(0)
+    }
+
     /// An empty charge against the offline-queue budget, to grow message by message.
     pub fn queue_charge(self: &Arc<Self>) -> QueueCharge {
         QueueCharge {
@@ -148,6 +182,70 @@ impl Drop for PeerSlot {
     fn drop(&mut self) {
         self.budgets.peers.fetch_sub(1, Ordering::AcqRel);
         self.budgets.metrics.peers.dec();
+    }
+}
+
+/// What one room's offline queues hold from the senders of one client address, against that
+/// address's share (`--max-queued-bytes-per-ip`) across all rooms; given back on drop.
+#[derive(Debug)]
+pub struct OriginCharge {
+    budgets: Arc<Budgets>,
+    origin: IpAddr,
+    bytes: usize,
+}
+
+impl OriginCharge {
+    /// Charges `bytes` more, if the address's share allows.
+    pub fn add(&mut self, bytes: usize) -> bool {
+        let limit = self.budgets.origin_limit;
+        let mut origins = self.budgets.origins();
+        let held = origins.entry(self.origin).or_default();
+        match held.checked_add(bytes).filter(|total| *total <= limit) {
+            Some(total) => {
+                *held = total;
+                self.bytes += bytes;
+                true
+            }
+            None => {
+                if *held == 0 {
+                    origins.remove(&self.origin);
+                }
+                false
+            }
+        }
+    }
+
+    /// Gives back `bytes` of what this charge holds.
+    pub fn sub(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        self.budgets.give_back_origin(self.origin, bytes);
+    }
+
+    /// Bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for OriginCharge {
+    fn drop(&mut self) {
+        self.budgets.give_back_origin(self.origin, self.bytes);
+    }
+}
+
+impl Budgets {
+    fn give_back_origin(&self, origin: IpAddr, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let mut origins = self.origins();
+        if let Some(held) = origins.get_mut(&origin) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                origins.remove(&origin);
+            }
+        }
     }
 }
 
@@ -210,6 +308,7 @@ mod tests {
             BudgetLimits {
                 peers: 2,
                 queued_bytes: 100,
+                queued_bytes_per_origin: 100,
                 outbound_bytes: 0,
             },
             Arc::new(Metrics::new()),
@@ -239,6 +338,7 @@ mod tests {
             BudgetLimits {
                 peers: 1,
                 queued_bytes: 0,
+                queued_bytes_per_origin: 0,
                 outbound_bytes: 100_000,
             },
             Arc::new(Metrics::new()),
@@ -257,5 +357,42 @@ mod tests {
         assert!(budgets.draw_outbound(1_000, 200_000, true));
         budgets.return_outbound(3_000);
         assert_eq!(budgets.outbound_bytes(), 0);
+    }
+
+    #[test]
+    fn an_address_share_spans_rooms_and_comes_back() {
+        let budgets = Arc::new(Budgets::new(
+            BudgetLimits {
+                peers: 1,
+                queued_bytes: 1000,
+                queued_bytes_per_origin: 100,
+                outbound_bytes: 0,
+            },
+            Arc::new(Metrics::new()),
+        ));
+        let attacker: IpAddr = [10, 0, 0, 1].into();
+        let honest: IpAddr = [10, 0, 0, 2].into();
+        // Two rooms' charges for the same address share one limit.
+        let mut here = budgets.origin_charge(attacker);
+        let mut there = budgets.origin_charge(attacker);
+        assert!(here.add(60));
+        assert!(!there.add(41));
+        assert!(there.add(40));
+        // Another address has its own.
+        let mut other = budgets.origin_charge(honest);
+        assert!(other.add(100));
+        here.sub(50);
+        assert!(there.add(50));
+        assert_eq!(budgets.origin_bytes(attacker), 100);
+        drop(here);
+        drop(there);
+        assert_eq!(budgets.origin_bytes(attacker), 0);
+        assert_eq!(
+            budgets.origins().len(),
+            1,
+            "only the honest address is left"
+        );
+        drop(other);
+        assert!(budgets.origins().is_empty());
     }
 }

@@ -28,6 +28,7 @@ pub mod registry;
 pub mod remote;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -229,6 +230,9 @@ pub enum Holder {
 pub struct Relay {
     /// The sender's id (for EXPIRE).
     pub src: Arc<str>,
+    /// The sender's client address (an IPv6 one reduced to its `--ipv6-prefix` network), for
+    /// its share of the offline queue; `None` for a message from another node.
+    pub origin: Option<IpAddr>,
     /// Its type.
     pub kind: MessageType,
     /// The destination id (usually a span of `frame`: no allocation per message).

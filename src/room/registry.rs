@@ -61,6 +61,7 @@ impl RoomRegistry {
             BudgetLimits {
                 peers: config.concurrent_limit,
                 queued_bytes: config.max_queued_bytes,
+                queued_bytes_per_origin: config.max_queued_bytes_per_ip,
                 outbound_bytes: config.max_outbound_total,
             },
             Arc::clone(&metrics),

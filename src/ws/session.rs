@@ -38,6 +38,7 @@ use super::read_ahead::ReadAhead;
 use crate::auth::TokenError;
 use crate::cluster::{Claimed, Cluster};
 use crate::config::{Config, RoomMode};
+use crate::gate;
 use crate::logging::LogIp;
 use crate::protocol::{self, ClientFrame, ConnectParams, Dst, MessageType, texts};
 use crate::protocol::{CloseReason, DropReason, Rejection};
@@ -102,7 +103,7 @@ where
     let Some(admitted) = Box::pin(admit(&mut ws, params, &shared, origin.ip)).await else {
         return;
     };
-    let mut session = Session::new(ws, admitted, Arc::clone(&shared));
+    let mut session = Session::new(ws, admitted, Arc::clone(&shared), origin.ip);
     let (reason, session_len) = session.run().await;
     shared.metrics.close(reason);
     tracing::info!(
@@ -449,6 +450,9 @@ struct Session<S> {
     room: RoomHandle,
     link: SessionLink,
     shared: Arc<Shared>,
+    /// The client's address, an IPv6 one reduced to its `--ipv6-prefix` network: its
+    /// messages for offline ids are charged to that address's share.
+    origin: IpAddr,
     /// `None` when rate limiting is off.
     limiter: Option<DefaultDirectRateLimiter>,
     /// Start of the current run of rate-limit drops, and the last drop.
@@ -483,6 +487,7 @@ where
         ws: Box<WebSocketStream<ReadAhead<S>>>,
         admitted: Admitted,
         shared: Arc<Shared>,
+        ip: IpAddr,
     ) -> Self {
         let limiter = shared
             .config
@@ -494,6 +499,7 @@ where
             conn: admitted.conn,
             room: admitted.room,
             link: admitted.link,
+            origin: gate::address_key(ip, shared.config.ipv6_prefix),
             shared,
             limiter,
             over_limit: None,
@@ -831,6 +837,7 @@ where
         }
         Ok(Some(RoomCmd::Relay(Relay {
             src: Arc::clone(&self.id),
+            origin: Some(self.origin),
             kind,
             dst: DstRef::new(&dst, located),
             frame,

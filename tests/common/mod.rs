@@ -273,6 +273,31 @@ impl PeerClient {
             .expect("connect timed out")
             .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
         assert_eq!(response.status(), 101);
+        Self::serve(ws, id)
+    }
+
+    /// Connects as `id` from the local address `local` (see [`tcp_connect_from`]) and waits
+    /// for OPEN.
+    pub async fn open_from(server: &TestServer, id: &str, local: IpAddr) -> Self {
+        let url = server.peer_url(id, &random_token());
+        let stream = tcp_connect_from(local, server.addr, None)
+            .await
+            .unwrap_or_else(|e| panic!("connect from {local} failed: {e}"));
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+            .await
+            .expect("handshake timed out")
+            .expect("handshake");
+        let mut peer = Self::serve(ws, id);
+        assert_eq!(peer.recv().await, serde_json::json!({"type": "OPEN"}));
+        peer
+    }
+
+    /// Drives `ws` on a task of its own, which turns what arrives into events and carries out
+    /// commands.
+    fn serve<S>(ws: tokio_tungstenite::WebSocketStream<S>, id: &str) -> Self
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (event_tx, events) = mpsc::unbounded_channel();
         let (commands, mut command_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
