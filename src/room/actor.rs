@@ -937,7 +937,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::room::budget::Budgets;
     use crate::room::outbox::Limits;
-    use crate::room::{RoomHandle, SessionLink, link};
+    use crate::room::{ROOM_MAILBOX, RoomHandle, SessionLink, link};
 
     fn registry(tweak: impl FnOnce(&mut Config)) -> Arc<RoomRegistry> {
         let mut config = Config::default();
@@ -1019,54 +1019,54 @@ mod tests {
         drop(sessions);
     }
 
-    /// A producer on another worker keeps the mailbox full with commands the actor takes
-    /// longer to handle than the producer to send (listing a room of 500), so the actor never
-    /// finds it empty: the queue must still expire.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queues_expire_on_time_while_the_mailbox_never_empties() {
-        let rooms = registry(|c| c.expire_timeout = Duration::from_millis(300));
-        let room = rooms.get_or_spawn("");
-        let (sender, _) = join(&room, "sender", 16).await;
-        let mut others = Vec::new();
-        for n in 0..500 {
-            others.push(join(&room, &format!("p{n}"), 16).await);
-        }
-        assert_eq!(taken(&sender), [protocol::OPEN]);
-        let (text, _) =
-            protocol::relay_frame_locating_dst(MessageType::Offer, "sender", "ghost", None);
-        room.send(RoomCmd::Relay(Relay {
-            src: Arc::from("sender"),
+    /// A message from `src` to `dst` as its session hands it to the room.
+    fn relay(src: &str, dst: &str, from: &SessionLink) -> RoomCmd {
+        let (text, _) = protocol::relay_frame_locating_dst(MessageType::Offer, src, dst, None);
+        RoomCmd::Relay(Relay {
+            src: Arc::from(src),
             origin: None,
             kind: MessageType::Offer,
-            dst: super::super::DstRef::Owned(Box::from("ghost")),
+            dst: super::super::DstRef::Owned(Box::from(dst)),
             frame: Utf8Bytes::from(text),
             read_at: Instant::now(),
-            sent: Some(sender.rx.in_flight()),
-        }))
-        .await
-        .unwrap();
-        let busy = room.clone();
-        let producer = tokio::spawn(async move {
-            loop {
-                for _ in 0..64 {
-                    let (reply, _) = oneshot::channel();
-                    let _ = busy.try_send(RoomCmd::ListPeers { reply });
-                }
-                tokio::task::yield_now().await;
-            }
-        });
-        let expire = protocol::expire_frame("ghost", "sender");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut expired = false;
-        while !expired && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            expired = taken(&sender).contains(&expire);
+            sent: Some(from.rx.in_flight()),
+        })
+    }
+
+    /// A queue's deadline passes while the mailbox is full: its EXPIRE must go out after the
+    /// batch being handled, not once the mailbox is empty (a mailbox that never empties
+    /// would starve it). The frames a member receives show where it went out.
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_expires_after_the_batch_in_hand_while_the_mailbox_is_full() {
+        let rooms = registry(|c| c.expire_timeout = Duration::from_millis(300));
+        let room = rooms.get_or_spawn("");
+        let (sender, _) = join(&room, "sender", 4 * ROOM_MAILBOX).await;
+        let (other, _) = join(&room, "other", 16).await;
+        room.send(relay("sender", "ghost", &sender)).await.unwrap();
+        // (The clock is paused: these waits are bounded in turns, not time.)
+        let mut turns = 0;
+        while rooms.metrics.queued_messages.get() != 1 {
+            turns += 1;
+            assert!(turns < 1000, "the message was never queued");
+            tokio::task::yield_now().await;
         }
-        producer.abort();
-        assert!(
-            expired,
-            "no EXPIRE within 5 s while the mailbox stayed busy"
-        );
+        // A full mailbox, untouched until the clock is past the deadline (this runtime has
+        // one thread: the actor runs only when this task yields).
+        for _ in 0..ROOM_MAILBOX {
+            assert!(room.try_send(relay("other", "sender", &other)).is_ok());
+        }
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let expire = protocol::expire_frame("ghost", "sender");
+        let (mut frames, mut turns) = (Vec::new(), 0);
+        while frames.len() < 1 + ROOM_MAILBOX + 1 {
+            turns += 1;
+            assert!(turns < 1000, "got {} frames", frames.len());
+            tokio::task::yield_now().await;
+            frames.extend(taken(&sender));
+        }
+        let at = frames.iter().position(|f| *f == expire);
+        // OPEN, then at most one batch of OFFERs, then the EXPIRE.
+        assert!(at.is_some_and(|at| at <= 1 + BATCH), "EXPIRE at {at:?}");
     }
 
     #[tokio::test]
