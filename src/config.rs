@@ -207,8 +207,8 @@ struct Cli {
     #[arg(long, env = "PEERJSD_MAX_OUTBOUND_BYTES", default_value = "2097152")]
     max_outbound_bytes: usize,
 
-    /// Bytes waiting to be written to all peers together; past it a peer holding more than
-    /// 64 KiB of them is closed as a slow reader when more comes for it.
+    /// Bytes waiting to be written to all peers together; past it a frame that would leave its
+    /// peer holding more than 64 KiB is refused, and its sender gets EXPIRE.
     #[arg(long, env = "PEERJSD_MAX_OUTBOUND_TOTAL", default_value = "268435456")]
     max_outbound_total: usize,
 

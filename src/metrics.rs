@@ -81,9 +81,6 @@ pub struct Metrics {
     pub queued_bytes: Gauge,
     /// Bytes waiting to be written to peers (`room::budget::Budgets::draw_outbound`).
     pub outbound_bytes: Gauge,
-    /// Frames refused because the outbound total was over `--max-outbound-total` and the
-    /// destination held more than its share.
-    pub outbound_refused: Counter,
     /// Seconds from reading a message to handing it to the destination's writer.
     pub relay_latency: Histogram,
     /// 1 while the cluster's NATS connection is up (0 without `--cluster`, or degraded).
@@ -235,12 +232,6 @@ impl Metrics {
             Unit::Bytes,
             outbound_bytes.clone(),
         );
-        let outbound_refused = Counter::default();
-        registry.register(
-            "outbound_refused",
-            "Frames refused (and their destination closed as a slow reader) because the outbound total was over --max-outbound-total and the destination held more than its share",
-            outbound_refused.clone(),
-        );
         let relay_latency = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
         registry.register_with_unit(
             "relay_latency",
@@ -343,7 +334,6 @@ impl Metrics {
             queued_messages,
             queued_bytes,
             outbound_bytes,
-            outbound_refused,
             relay_latency,
             cluster_connected,
             cluster_nodes,

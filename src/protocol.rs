@@ -317,6 +317,10 @@ label_enum! {
         TooLarge => "too_large",
         /// The offline queue for the destination (or all queues) was full: EXPIRE sent at once.
         QueueOverflow => "queue_overflow",
+        /// The server's outbound memory was over `--max-outbound-total` and the frame would
+        /// have left its destination holding more than its share: refused, with EXPIRE to the
+        /// sender; the destination is kept.
+        OutboundPressure => "outbound_pressure",
         /// The sender, or the senders from its address, already hold their share of the
         /// offline queue (`--max-queue-per-sender`, `--max-queued-bytes-per-sender`,
         /// `--max-queued-bytes-per-ip`): EXPIRE sent at once.

@@ -518,7 +518,7 @@ impl RoomActor {
             };
             match pushed {
                 Ok(()) => metrics.relay(queued.kind),
-                Err((SendError::Full, _)) => {
+                Err((SendError::Full | SendError::Pressure, _)) => {
                     metrics.drop_messages(DropReason::QueueOverflow, 1);
                     if !unsent.contains(&queued.src) {
                         unsent.push(queued.src);
@@ -580,7 +580,10 @@ impl RoomActor {
                 let metrics = &self.rooms.metrics;
                 metrics.relay_sampled(kind, read_at, &mut self.relayed);
             }
-            Err((why, frame)) => self.push_failed(why, dst.resolve(&frame)),
+            Err((why, frame)) => {
+                let to_tell = kind.is_queued_when_offline().then_some(&*src);
+                self.push_failed(why, dst.resolve(&frame), to_tell);
+            }
         }
     }
 
@@ -666,16 +669,18 @@ impl RoomActor {
                 true
             }
             Err((why, _)) => {
-                self.push_failed(why, dst);
+                self.push_failed(why, dst, None);
                 false
             }
         }
     }
 
     /// A member's queue refused a frame: a full queue means it stopped reading (it is put on
-    /// the leaving list as a slow reader); a closed one means its session ended and its Leave
-    /// is on the way (the message is lost, as it would be on the wire).
-    fn push_failed(&mut self, why: SendError, dst: &str) {
+    /// the leaving list as a slow reader); under memory pressure only the frame is refused
+    /// (`expire_to`, the sender of a message the protocol answers with EXPIRE, is told); a
+    /// closed queue means its session ended and its Leave is on the way (the message is lost,
+    /// as it would be on the wire).
+    fn push_failed(&mut self, why: SendError, dst: &str, expire_to: Option<&str>) {
         let metrics = &self.rooms.metrics;
         match why {
             SendError::Full => {
@@ -683,6 +688,12 @@ impl RoomActor {
                 if let Some((id, _)) = self.members.get_key_value(dst) {
                     let id = Arc::clone(id);
                     self.slow_reader(id);
+                }
+            }
+            SendError::Pressure => {
+                metrics.drop_messages(DropReason::OutboundPressure, 1);
+                if let Some(src) = expire_to {
+                    self.send_expire(dst, src);
                 }
             }
             SendError::Closed => metrics.drop_messages(DropReason::Undeliverable, 1),
@@ -892,6 +903,9 @@ impl RoomActor {
                 Err((SendError::Full, _)) => {
                     metrics.drop_messages(DropReason::SlowReader, 1);
                     full.push(Arc::clone(member));
+                }
+                Err((SendError::Pressure, _)) => {
+                    metrics.drop_messages(DropReason::OutboundPressure, 1);
                 }
                 Err((SendError::Closed, _)) => {
                     metrics.drop_messages(DropReason::Undeliverable, 1);

@@ -39,7 +39,8 @@ pub struct Budgets {
 
 /// What one peer may have waiting to be written while the outbound total is over
 /// `--max-outbound-total`: a peer that keeps reading holds far less (signaling messages are a
-/// few KB), so under pressure only the peers that let a backlog build up are refused.
+/// few KB), so under pressure only frames for peers that let a backlog build up (or frames
+/// larger than this) are refused.
 pub const PRESSURE_SHARE: usize = 64 * 1024;
 
 /// The sizes of the server-wide budgets.
@@ -52,8 +53,8 @@ pub struct BudgetLimits {
     /// Of those, what the senders from one client address may hold
     /// (`--max-queued-bytes-per-ip`).
     pub queued_bytes_per_origin: usize,
-    /// Bytes waiting to be written to peers, beyond which a peer holding more than
-    /// [`PRESSURE_SHARE`] is refused (`--max-outbound-total`).
+    /// Bytes waiting to be written to peers, beyond which a frame that would leave its peer
+    /// holding more than [`PRESSURE_SHARE`] is refused (`--max-outbound-total`).
     pub outbound_bytes: usize,
 }
 
@@ -89,20 +90,15 @@ impl Budgets {
     /// Draws `cost` bytes for a frame that will wait to be written to a peer whose backlog,
     /// counting it, is `backlog`. Refused only when the server-wide total would pass
     /// `--max-outbound-total` and the peer would hold more than [`PRESSURE_SHARE`]; so the
-    /// total stays under the limit plus one share per peer, and a peer that keeps reading is
-    /// refused only if a single frame is larger than the share while the server is short.
-    /// A refusal is counted if `count` (the room's own push, whose refusal closes the peer;
-    /// a session's direct push that is refused goes through the room next).
-    pub fn draw_outbound(&self, cost: usize, backlog: usize, count: bool) -> bool {
+    /// total stays under the limit plus one share per peer, and frames for a peer that keeps
+    /// reading are refused only if larger than the share while the server is short.
+    pub fn draw_outbound(&self, cost: usize, backlog: usize) -> bool {
         let gauge = &self.metrics.outbound_bytes;
         let before = usize::try_from(gauge.inc_by(cost as i64)).unwrap_or(0);
         if before + cost <= self.outbound_limit || backlog <= PRESSURE_SHARE {
             return true;
         }
         gauge.dec_by(cost as i64);
-        if count {
-            self.metrics.outbound_refused.inc();
-        }
         false
     }
 
@@ -333,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn under_pressure_only_a_peer_past_its_share_is_refused() {
+    fn under_pressure_only_a_frame_taking_its_peer_past_the_share_is_refused() {
         let budgets = Budgets::new(
             BudgetLimits {
                 peers: 1,
@@ -344,17 +340,16 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         // One peer fills the total with its own backlog: no pressure yet.
-        assert!(budgets.draw_outbound(100_000, 100_000, true));
+        assert!(budgets.draw_outbound(100_000, 100_000));
         // Past the total, a peer with a small backlog still gets its frames...
-        assert!(budgets.draw_outbound(1_000, 1_000, true));
-        assert!(budgets.draw_outbound(1_000, PRESSURE_SHARE, true));
-        // ...one whose backlog would pass the share does not, and nothing is drawn for it.
-        assert!(!budgets.draw_outbound(1_000, PRESSURE_SHARE + 1, true));
+        assert!(budgets.draw_outbound(1_000, 1_000));
+        assert!(budgets.draw_outbound(1_000, PRESSURE_SHARE));
+        // ...a frame that would take one past the share does not, and nothing is drawn for it.
+        assert!(!budgets.draw_outbound(1_000, PRESSURE_SHARE + 1));
         assert_eq!(budgets.outbound_bytes(), 102_000);
-        assert_eq!(budgets.metrics.outbound_refused.get(), 1);
         // Once the backlog is written, the total is back under the limit for everyone.
         budgets.return_outbound(100_000);
-        assert!(budgets.draw_outbound(1_000, 200_000, true));
+        assert!(budgets.draw_outbound(1_000, 200_000));
         budgets.return_outbound(3_000);
         assert_eq!(budgets.outbound_bytes(), 0);
     }

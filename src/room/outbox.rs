@@ -18,7 +18,9 @@
 //! to; see `--write-timeout` in the session for a socket that stalls with little queued).
 //! Every charge is also drawn from the server-wide outbound total
 //! ([`Budgets::draw_outbound`], `--max-outbound-total`): while that is over its limit, a push
-//! that would leave this peer holding more than [`PRESSURE_SHARE`] is refused the same way.
+//! that would leave this peer holding more than [`PRESSURE_SHARE`] is refused with
+//! [`SendError::Pressure`]. That refuses the frame, not the peer: a peer that keeps reading
+//! must not be closed because someone sent it a large frame while others pin the memory.
 //!
 //! **Probes** ("are you alive?" pings for the liveness probe) travel beside the frames, not in
 //! the queue: they are never refused for being full, and the session sends them ahead of
@@ -116,6 +118,9 @@ impl State {
 pub enum SendError {
     /// The queue is at its bound: the consumer is not taking what it is sent.
     Full,
+    /// The server is short of outbound memory and this frame would leave the consumer
+    /// holding more than its share under pressure: the frame is refused, the consumer kept.
+    Pressure,
     /// The consumer is gone.
     Closed,
 }
@@ -155,10 +160,10 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `frame` unless the queue is at a bound, or nobody will read it (the session is
-    /// gone, or the room has let the member go); then `frame` comes back with the reason.
-    /// `by_room`: the room's own push (whose refusal is final), not a session's direct one.
-    fn try_push(&self, frame: Utf8Bytes, by_room: bool) -> Result<(), (SendError, Utf8Bytes)> {
+    /// Queues `frame` unless the queue is at a bound, the server is short of outbound memory,
+    /// or nobody will read it (the session is gone, or the room has let the member go); then
+    /// `frame` comes back with the reason.
+    fn try_push(&self, frame: Utf8Bytes) -> Result<(), (SendError, Utf8Bytes)> {
         {
             let mut state = self.lock();
             if state.refuses() {
@@ -166,11 +171,11 @@ impl Inner {
             }
             let cost = charge(&frame);
             let backlog = state.bytes + cost;
-            if state.queue.len() >= self.limits.frames
-                || backlog > self.limits.bytes
-                || !self.budgets.draw_outbound(cost, backlog, by_room)
-            {
+            if state.queue.len() >= self.limits.frames || backlog > self.limits.bytes {
                 return Err((SendError::Full, frame));
+            }
+            if !self.budgets.draw_outbound(cost, backlog) {
+                return Err((SendError::Pressure, frame));
             }
             state.bytes = backlog;
             state.queue.push_back(frame);
@@ -191,7 +196,7 @@ impl OutboxSender {
     /// Queues `frame` unless the queue is at a bound or its receiver is gone; then the frame
     /// comes back with the reason.
     pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), (SendError, Utf8Bytes)> {
-        self.inner.try_push(frame, true)
+        self.inner.try_push(frame)
     }
 
     /// Asks the session for a sign of life: `alive` gets `()` when the peer shows one. If the
@@ -252,9 +257,7 @@ impl Route {
     /// Queues a frame as [`OutboxSender::try_send`] does (refusing also once the room has
     /// let the member go); gives it back if refused.
     pub fn try_send_frame(&self, frame: Utf8Bytes) -> Result<(), Utf8Bytes> {
-        self.inner
-            .try_push(frame, false)
-            .map_err(|(_, frame)| frame)
+        self.inner.try_push(frame).map_err(|(_, frame)| frame)
     }
 }
 
